@@ -1,0 +1,52 @@
+"""Estimate and the Estimator interface every answer in vram-ml goes through."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from vram_ml.spec import Spec
+
+# Breakdown terms, in display order. Every estimator fills the ones it knows; all are bytes.
+BREAKDOWN_TERMS = (
+    "weights",
+    "quantization_constants",
+    "adapters",
+    "gradients",
+    "optimizer",
+    "activations",
+    "logits",
+    "temporaries",
+    "overhead",
+)
+
+
+@dataclass
+class Estimate:
+    """One estimator's answer for one spec. Bytes as integers; GiB only on display."""
+
+    estimator: str
+    peak_vram_bytes: int
+    breakdown: dict[str, int]
+    lower_vram_bytes: int | None = None
+    upper_vram_bytes: int | None = None
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Estimator(Protocol):
+    name: str
+
+    def estimate(self, spec: Spec) -> Estimate: ...
+
+
+GIB = 1024**3
+
+
+def gib(n_bytes: int | float | None) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / GIB:.2f}"

@@ -1,0 +1,155 @@
+"""The shape of a model, read from its config numbers alone (no torch).
+
+`ModelShape` is what every estimator sees: parameter counts split the way memory splits them
+(embeddings, decoder layers, head, vision tower, projector) and the linear modules of one decoder
+layer, which is what LoRA targets. The counts must equal what transformers builds, exactly; a test
+builds every catalog model on the meta device to hold us to that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnsupportedArchitecture(ValueError):
+    """The config's model_type has no closed-form shape here."""
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One linear module inside a decoder layer (per layer; `count` > 1 for MoE experts)."""
+
+    name: str  # the module name peft matches in `target_modules` (q_proj, query_key_value, ...)
+    in_features: int
+    out_features: int
+    bias: bool = False
+    count: int = 1
+
+    @property
+    def params(self) -> int:
+        return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """A vision tower and its projector (VLMs only)."""
+
+    kind: str  # clip | siglip | qwen2_vl | mllama ...
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    patch_size: int
+    image_size: int  # native resolution of the tower (fixed-resolution towers)
+    tower_params: int
+    projector_params: int
+    spatial_merge_size: int = 1  # Qwen2-VL merges 2x2 patches into one token
+    temporal_patch_size: int = 1  # Qwen2-VL patches span 2 frames (an image is repeated)
+    dynamic_resolution: bool = False  # Qwen2-VL: tokens grow with the image; CLIP/SigLIP: fixed
+    fixed_image_tokens: int | None = None  # tokens one image adds when the resolution is fixed
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything about a model that moves memory, as plain numbers."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    layer_linears: tuple[LinearShape, ...]
+    layer_other_params: int  # norms, router, biases outside linears: per decoder layer
+    embedding_params: int  # input embeddings (+ learned position embeddings)
+    lm_head_params: int  # 0 when tied to the input embeddings
+    final_norm_params: int
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    vision: VisionShape | None = None
+    extra_params: int = 0  # anything else transformers builds (e.g. multimodal glue)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def layer_linear_params(self) -> int:
+        return sum(linear.params for linear in self.layer_linears)
+
+    @property
+    def layer_params(self) -> int:
+        return self.layer_linear_params + self.layer_other_params
+
+    @property
+    def text_params(self) -> int:
+        """Language model parameters: embeddings, all decoder layers, final norm, head."""
+        return (
+            self.embedding_params
+            + self.num_layers * self.layer_params
+            + self.final_norm_params
+            + self.lm_head_params
+        )
+
+    @property
+    def vision_params(self) -> int:
+        return 0 if self.vision is None else self.vision.tower_params
+
+    @property
+    def projector_params(self) -> int:
+        return 0 if self.vision is None else self.vision.projector_params
+
+    @property
+    def total_params(self) -> int:
+        """All parameters, tied ones counted once (as `sum(p.numel() for p in model.parameters())`)."""
+        return self.text_params + self.vision_params + self.projector_params + self.extra_params
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(linear.name for linear in self.layer_linears)
+
+    @property
+    def is_multimodal(self) -> bool:
+        return self.vision is not None
+
+
+ShapeBuilder = Callable[[Mapping[str, Any]], ModelShape]
+_BUILDERS: dict[str, ShapeBuilder] = {}
+
+
+def register(*model_types: str) -> Callable[[ShapeBuilder], ShapeBuilder]:
+    """Register a closed-form shape builder for one or more HF `model_type`s."""
+
+    def wrap(builder: ShapeBuilder) -> ShapeBuilder:
+        for model_type in model_types:
+            _BUILDERS[model_type] = builder
+        return builder
+
+    return wrap
+
+
+def supported_model_types() -> tuple[str, ...]:
+    _load_builders()
+    return tuple(sorted(_BUILDERS))
+
+
+def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
+    """Build the ModelShape of an HF config dict.
+
+    Raises:
+        UnsupportedArchitecture: the model_type has no builder.
+    """
+    _load_builders()
+    model_type = config.get("model_type")
+    if model_type not in _BUILDERS:
+        known = ", ".join(sorted(_BUILDERS))
+        raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported (known: {known})")
+    return _BUILDERS[model_type](config)
+
+
+def _load_builders() -> None:
+    # Importing the module registers its builders; kept lazy so a bare `import` stays cheap.
+    from vram_ml import architectures  # noqa: F401

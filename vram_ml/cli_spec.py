@@ -1,0 +1,153 @@
+"""The spec options every command shares (flags or `--config train.yaml`), and error exits.
+
+`with_spec_options` appends the spec flags to a typer command's signature and hands the command
+a ready `SpecInput`, so each command states only its own options.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vram_ml.defaults import EXAMPLE_CONFIG, LLAMAFACTORY_DEFAULTS
+from vram_ml.model_source import ModelSourceError
+from vram_ml.spec import Spec, SpecError
+
+
+@dataclass
+class SpecInput:
+    """A spec and how it was read: what was assumed, ignored, not modelled or unknown."""
+
+    spec: Spec
+    source: str  # flags | config path | example
+    assumed: dict[str, str] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    unmodelled: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec_id": self.spec.spec_id,
+            "spec": self.spec.model_dump(mode="json"),
+            "source": self.source,
+            "assumed": self.assumed,
+            "ignored": self.ignored,
+            "unmodelled": self.unmodelled,
+            "unknown": self.unknown,
+        }
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line to stderr and return the Exit to raise."""
+    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "failed"
+    print(f"error: {first_line}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+# name -> (annotation, Spec field). Typer reads these; None means "not given".
+_OPTIONS: dict[str, tuple[Any, str | None]] = {
+    "config": (Annotated[Path | None, typer.Option(help="LLaMA-Factory training YAML.")], None),
+    "model": (Annotated[str | None, typer.Option(help="Catalog id, HF id or config.json path.")], "model"),
+    "method": (Annotated[str | None, typer.Option(help="full | freeze | lora | qlora.")], "method"),
+    "quant_bits": (Annotated[int | None, typer.Option(help="4 or 8 (qlora).")], "quant_bits"),
+    "quant_type": (Annotated[str | None, typer.Option(help="nf4 | fp4.")], "quant_type"),
+    "double_quant": (Annotated[bool | None, typer.Option(help="Double quantization (qlora).")], "double_quant"),
+    "lora_rank": (Annotated[int | None, typer.Option(help="LoRA rank.")], "lora_rank"),
+    "lora_alpha": (Annotated[int | None, typer.Option(help="LoRA alpha (no memory effect).")], "lora_alpha"),
+    "lora_dropout": (Annotated[float | None, typer.Option(help="LoRA dropout (>0 keeps copies).")], "lora_dropout"),
+    "lora_target": (Annotated[str | None, typer.Option(help="all, or modules: q_proj,v_proj.")], "lora_target"),
+    "batch_size": (Annotated[int | None, typer.Option(help="Per-device batch size.")], "batch_size"),
+    "grad_accum": (Annotated[int | None, typer.Option(help="Gradient accumulation steps.")], "gradient_accumulation"),
+    "seq_len": (Annotated[int | None, typer.Option(help="Sequence length (cutoff_len).")], "seq_len"),
+    "precision": (Annotated[str | None, typer.Option(help="bf16 | fp16 | pure_bf16 | fp32 | no_amp.")], "precision"),
+    "gradient_checkpointing": (Annotated[bool | None, typer.Option(help="Gradient checkpointing.")], "gradient_checkpointing"),
+    "attention": (Annotated[str | None, typer.Option(help="eager | sdpa | flash_attention_2.")], "attention"),
+    "optimizer": (Annotated[str | None, typer.Option(help="adamw_torch | adamw_8bit | paged_adamw_8bit | sgd | adafactor ...")], "optimizer"),
+    "liger_kernel": (Annotated[bool | None, typer.Option(help="Liger kernels.")], "liger_kernel"),
+    "images": (Annotated[int | None, typer.Option(help="Images per sample (VLMs).")], "images_per_sample"),
+    "image_resolution": (Annotated[int | None, typer.Option(help="Image side in pixels (VLMs).")], "image_resolution"),
+    "train_vision_tower": (Annotated[bool | None, typer.Option(help="Train the vision tower.")], "train_vision_tower"),
+    "train_projector": (Annotated[bool | None, typer.Option(help="Train the projector.")], "train_projector"),
+    "num_gpus": (Annotated[int | None, typer.Option(help="GPUs (data parallel).")], "num_gpus"),
+    "zero_stage": (Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")], "zero_stage"),
+    "override": (Annotated[list[str] | None, typer.Option(help="Model config override key=value (repeatable).")], None),
+}
+
+
+def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
+    """Turn the shared options into a SpecInput (flags, YAML, or the embedded example).
+
+    Raises:
+        SpecError: invalid configuration, one line.
+    """
+    from vram_ml.llamafactory import read_llamafactory_yaml
+
+    fields = {
+        spec_field: options[name]
+        for name, (_, spec_field) in _OPTIONS.items()
+        if spec_field and options.get(name) is not None
+    }
+    overrides = _parse_overrides(options.get("override") or [])
+    if overrides:
+        fields["model_overrides"] = overrides
+    config = options.get("config")
+    if config is None and "model" not in fields:
+        with resources.as_file(resources.files("vram_ml") / "examples" / EXAMPLE_CONFIG) as example:
+            read = read_llamafactory_yaml(example, fields)
+        source = f"example ({EXAMPLE_CONFIG})"
+    elif config is not None:
+        read = read_llamafactory_yaml(config, fields)
+        source = str(config)
+    else:
+        from vram_ml.spec import build_spec
+
+        spec = build_spec(**fields)
+        assumed = {k: v for k, (_, v) in LLAMAFACTORY_DEFAULTS.items() if k not in fields}
+        if not spec.resolved_model.shape.is_multimodal:
+            for name in ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector"):
+                assumed.pop(name, None)
+        return SpecInput(spec, "flags", assumed)
+    return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, int | float]:
+    overrides: dict[str, int | float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"override: expected key=value (got {item!r})")
+        try:
+            number = float(value) if "." in value else int(value)
+        except ValueError:
+            raise SpecError(f"override: {key!r} must be a number (got {value!r})") from None
+        overrides[key.strip()] = number
+    return overrides
+
+
+def with_spec_options(command):
+    """Decorator: add the shared spec options to `command`, which receives `spec_input`."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "spec_input"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, (annotation, _) in _OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        options = {name: kwargs.pop(name) for name in _OPTIONS}
+        try:
+            spec_input = spec_input_from_options(options)
+        except (SpecError, ModelSourceError) as error:
+            raise fail(str(error)) from None
+        return command(spec_input=spec_input, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+    return wrapper

@@ -1,0 +1,46 @@
+"""Defaults, in one place: LLaMA-Factory's own, which `Spec` and the YAML reader both use.
+
+Read from LLaMA-Factory's hparams (finetuning_args.py, model_args.py, data_args.py) and
+transformers' TrainingArguments. A key a user leaves out gets these values, and vram-ml says so
+("assumed: ...").
+"""
+
+from __future__ import annotations
+
+# Spec field -> (default, where LLaMA-Factory / transformers sets it)
+LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
+    "method": ("lora", "finetuning_type: lora"),
+    "quant_bits": (None, "quantization_bit: None (no quantization)"),
+    "quant_type": ("nf4", "quantization_type: nf4"),
+    "double_quant": (True, "double_quantization: true"),
+    "lora_rank": (8, "lora_rank: 8"),
+    "lora_alpha": (None, "lora_alpha: None (= lora_rank * 2)"),
+    "lora_dropout": (0.0, "lora_dropout: 0.0"),
+    "lora_target": (("all",), "lora_target: all (every linear except lm_head and vision modules)"),
+    "freeze_trainable_layers": (2, "freeze_trainable_layers: 2 (the last two layers)"),
+    "batch_size": (8, "per_device_train_batch_size: 8 (transformers TrainingArguments)"),
+    "gradient_accumulation": (1, "gradient_accumulation_steps: 1"),
+    "seq_len": (2048, "cutoff_len: 2048"),
+    # Neither bf16 nor fp16: LLaMA-Factory loads weights in half precision (infer_optim_dtype)
+    # and trains without autocast; trainable parameters are upcast to fp32.
+    "precision": ("no_amp", "bf16: false, fp16: false (half-precision weights, no autocast)"),
+    "gradient_checkpointing": (True, "disable_gradient_checkpointing: false"),
+    "attention": ("sdpa", "flash_attn: auto (SDPA on torch >= 2.1.1)"),
+    "optimizer": ("adamw_torch", "optim: adamw_torch"),
+    "liger_kernel": (False, "enable_liger_kernel: false"),
+    "images_per_sample": (0, "no images (text-only data)"),
+    "image_resolution": (768, "image_max_pixels: 768*768"),
+    "train_vision_tower": (False, "freeze_vision_tower: true"),
+    "train_projector": (False, "freeze_multi_modal_projector: true"),
+    "num_gpus": (1, "one process / GPU"),
+    "zero_stage": (0, "deepspeed: none"),
+}
+
+
+def default(field: str) -> object:
+    return LLAMAFACTORY_DEFAULTS[field][0]
+
+
+# The example `vram-ml predict` answers with no arguments: LLaMA-Factory's
+# examples/train_lora/llama3_lora_sft.yaml, the first run most people try.
+EXAMPLE_CONFIG = "llama3_lora_sft.yaml"

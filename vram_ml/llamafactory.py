@@ -1,0 +1,187 @@
+"""Read a LLaMA-Factory training YAML (`llamafactory-cli train train.yaml`) into a Spec.
+
+Every key is accounted for: mapped to a Spec field, known but memory-irrelevant (ignored), or
+unknown (reported). Keys the file leaves out take LLaMA-Factory's defaults, echoed as `assumed`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vram_ml.defaults import LLAMAFACTORY_DEFAULTS
+from vram_ml.spec import Spec, SpecError, build_spec
+
+# Keys LLaMA-Factory / transformers accept that do not change peak memory.
+IGNORED_KEYS = frozenset({
+    "stage", "do_train", "do_eval", "do_predict", "learning_rate", "num_train_epochs", "max_steps",
+    "warmup_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "lora_alpha", "use_rslora",
+    "dataset", "eval_dataset", "dataset_dir", "template", "max_samples", "overwrite_cache",
+    "preprocessing_num_workers", "dataloader_num_workers", "output_dir", "logging_steps",
+    "save_steps", "save_strategy", "save_total_limit", "save_only_model", "plot_loss",
+    "overwrite_output_dir", "report_to", "run_name", "logging_dir", "ddp_timeout",
+    "resume_from_checkpoint", "val_size", "per_device_eval_batch_size", "eval_strategy",
+    "eval_steps", "trust_remote_code", "quantization_method", "flash_attn_version",
+    "lr_scheduler_kwargs", "push_to_hub", "hub_model_id", "tokenized_path", "streaming",
+    "buffer_size", "mix_strategy", "interleave_probs", "image_min_pixels", "video_max_pixels",
+    "video_min_pixels", "video_fps", "video_maxlen", "media_dir", "include_num_input_tokens_seen",
+    "use_reentrant_gc", "adapter_name_or_path", "export_dir", "finetuning_args", "cache_dir",
+    "hf_hub_token", "ms_hub_token", "om_hub_token", "print_param_status", "packing",
+    "neat_packing", "train_on_prompt", "mask_history", "use_fast_tokenizer", "split",
+})
+
+# Keys that change memory in ways this version does not model: reported, never dropped silently.
+UNMODELLED_KEYS = frozenset({
+    "use_dora", "use_galore", "use_badam", "use_apollo", "use_unsloth", "pissa_init", "fsdp",
+    "additional_target", "upcast_layernorm", "upcast_lmhead_output", "rope_scaling", "shift_attn",
+    "freeze_language_model", "freeze_trainable_modules", "freeze_extra_modules", "torch_compile",
+    "video_max_pixels_train", "moe_aux_loss_coef",
+})
+
+_FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2",
+               "fa3": "flash_attention_2"}
+DEEPSPEED_ASSUMED_GPUS = 8  # a YAML does not say how many GPUs; `num_gpus:` or --num-gpus does
+_FINETUNING = {"lora": "lora", "full": "full", "freeze": "freeze"}
+
+
+@dataclass
+class LlamaFactoryRead:
+    """What a YAML became: the spec plus every key's fate."""
+
+    spec: Spec
+    assumed: dict[str, str] = field(default_factory=dict)  # spec field -> LLaMA-Factory default
+    ignored: list[str] = field(default_factory=list)
+    unmodelled: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def read_llamafactory_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> LlamaFactoryRead:
+    """Read a LLaMA-Factory YAML; `overrides` (Spec fields, e.g. from CLI flags) win over the file.
+
+    Raises:
+        SpecError: unreadable file, bad YAML, or an invalid configuration (one line).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"config: no such file {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"config: cannot read {str(path)!r} ({type(error).__name__})") from None
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise SpecError(f"config: {str(path)!r} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"config: {str(path)!r} must be a mapping of LLaMA-Factory keys")
+    return spec_from_llamafactory(raw, overrides)
+
+
+def spec_from_llamafactory(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> LlamaFactoryRead:
+    fields, consumed = _map_keys(raw)
+    fields.update(overrides or {})
+    ignored = sorted(key for key in raw if key in IGNORED_KEYS and key not in consumed)
+    unmodelled = sorted(key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False))
+    unknown = sorted(
+        str(key) for key in raw
+        if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
+    )
+    assumed = {
+        name: source for name, (_, source) in LLAMAFACTORY_DEFAULTS.items() if name not in fields
+    }
+    spec = build_spec(**fields)
+    if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
+        assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
+    if not spec.resolved_model.shape.is_multimodal:
+        for name in ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector"):
+            assumed.pop(name, None)
+    return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
+
+
+def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """LLaMA-Factory keys -> Spec fields. Returns (fields, consumed keys)."""
+    fields: dict[str, Any] = {}
+    consumed: set[str] = set()
+
+    def take(key: str) -> Any:
+        consumed.add(key)
+        return raw[key]
+
+    if "model_name_or_path" not in raw:
+        raise SpecError("config: model_name_or_path is required")
+    fields["model"] = str(take("model_name_or_path"))
+    direct = {
+        "lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+        "lora_target": "lora_target", "quantization_type": "quant_type",
+        "double_quantization": "double_quant", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "gradient_accumulation", "cutoff_len": "seq_len",
+        "enable_liger_kernel": "liger_kernel", "optim": "optimizer",
+        "freeze_trainable_layers": "freeze_trainable_layers",
+    }
+    for key, name in direct.items():
+        if key in raw and raw[key] is not None:
+            fields[name] = take(key)
+    finetuning = str(take("finetuning_type")) if "finetuning_type" in raw else "lora"
+    if finetuning not in _FINETUNING:
+        raise SpecError(f"finetuning_type: {finetuning!r} is not one of lora, full, freeze")
+    fields["method"] = _FINETUNING[finetuning]
+    bits = take("quantization_bit") if "quantization_bit" in raw else None
+    if bits is not None:
+        fields["quant_bits"] = bits
+        if fields["method"] != "lora":
+            raise SpecError("quantization_bit: LLaMA-Factory quantizes only for finetuning_type lora")
+        fields["method"] = "qlora"
+    fields.update(_precision(raw, take))
+    if "disable_gradient_checkpointing" in raw:
+        fields["gradient_checkpointing"] = not bool(take("disable_gradient_checkpointing"))
+    if "flash_attn" in raw:
+        value = str(take("flash_attn"))
+        if value not in _FLASH_ATTN:
+            raise SpecError(f"flash_attn: {value!r} is not one of {', '.join(_FLASH_ATTN)}")
+        fields["attention"] = _FLASH_ATTN[value]
+    if "image_max_pixels" in raw:
+        pixels = take("image_max_pixels")
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0:
+            raise SpecError(f"image_max_pixels: must be a positive integer (got {pixels!r})")
+        fields["image_resolution"] = math.isqrt(pixels)
+    for key, name in (("freeze_vision_tower", "train_vision_tower"),
+                      ("freeze_multi_modal_projector", "train_projector")):
+        if key in raw:
+            fields[name] = not bool(take(key))
+    if "images_per_sample" in raw:  # not a LLaMA-Factory key: its data decides; ours to say
+        fields["images_per_sample"] = take("images_per_sample")
+    if "deepspeed" in raw and take("deepspeed"):
+        fields["zero_stage"] = _zero_stage(str(raw["deepspeed"]))
+        fields["num_gpus"] = DEEPSPEED_ASSUMED_GPUS
+    if "num_gpus" in raw:  # not a LLaMA-Factory key (torchrun decides); ours to say
+        fields["num_gpus"] = take("num_gpus")
+    return fields, consumed
+
+
+def _precision(raw: dict[str, Any], take) -> dict[str, Any]:
+    bf16 = bool(take("bf16")) if "bf16" in raw else False
+    fp16 = bool(take("fp16")) if "fp16" in raw else False
+    pure_bf16 = bool(take("pure_bf16")) if "pure_bf16" in raw else False
+    if bf16 and fp16:
+        raise SpecError("bf16: bf16 and fp16 cannot both be true")
+    if pure_bf16:
+        return {"precision": "pure_bf16"}
+    if bf16:
+        return {"precision": "bf16"}
+    if fp16:
+        return {"precision": "fp16"}
+    return {} if not {"bf16", "fp16"} & set(raw) else {"precision": "no_amp"}
+
+
+def _zero_stage(deepspeed: str) -> int:
+    """LLaMA-Factory points `deepspeed` at examples/deepspeed/ds_z{0,2,3}[_offload]_config.json."""
+    name = Path(deepspeed).name.lower()
+    for stage in (3, 2, 1, 0):
+        if f"z{stage}" in name or f"zero{stage}" in name or f"stage{stage}" in name:
+            return stage
+    raise SpecError(f"deepspeed: cannot tell the ZeRO stage from {deepspeed!r} (name it ds_z2/ds_z3)")

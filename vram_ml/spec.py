@@ -1,0 +1,174 @@
+"""Spec: one fine-tuning configuration — everything that can change peak memory.
+
+A Spec is validated when it is built (bad values fail with one line naming the field) and has a
+stable `spec_id`: the hash of its canonical JSON, with the model named canonically, so the same
+configuration typed as flags, as a LLaMA-Factory YAML, or by an agent on another machine gets the
+same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vram_ml.defaults import default
+from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
+
+Method = Literal["full", "freeze", "lora", "qlora"]
+# bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
+# pure_bf16: everything bf16, no upcast. fp32: everything fp32.
+# no_amp: half-precision weights without autocast (LLaMA-Factory when neither flag is set).
+Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
+Attention = Literal["eager", "sdpa", "flash_attention_2"]
+Optimizer = Literal[
+    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+    "sgd", "adafactor",
+]
+SPEC_VERSION = 1  # bump when a field's meaning changes: old spec_ids must not collide with new
+
+
+class SpecError(ValueError):
+    """An invalid spec; the message is one line naming the field."""
+
+
+class Spec(BaseModel):
+    """One fine-tuning configuration. Defaults are LLaMA-Factory's (vram_ml/defaults.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="catalog id, config.json path or HF id")
+    model_overrides: dict[str, int | float] = Field(default_factory=dict)
+    method: Method = default("method")
+    quant_bits: Literal[4, 8] | None = default("quant_bits")
+    quant_type: Literal["nf4", "fp4"] = default("quant_type")
+    double_quant: bool = default("double_quant")
+    lora_rank: int = Field(default=default("lora_rank"), ge=1, le=4096)
+    lora_alpha: int | None = Field(default=default("lora_alpha"), ge=1)  # no effect on memory
+    lora_dropout: float = Field(default=default("lora_dropout"), ge=0.0, lt=1.0)
+    lora_target: tuple[str, ...] = default("lora_target")
+    freeze_trainable_layers: int = Field(default=default("freeze_trainable_layers"), ge=1)
+    batch_size: int = Field(default=default("batch_size"), ge=1, le=4096)
+    gradient_accumulation: int = Field(default=default("gradient_accumulation"), ge=1)
+    seq_len: int = Field(default=default("seq_len"), ge=1)
+    precision: Precision = default("precision")
+    gradient_checkpointing: bool = default("gradient_checkpointing")
+    attention: Attention = default("attention")
+    optimizer: Optimizer = default("optimizer")
+    liger_kernel: bool = default("liger_kernel")
+    images_per_sample: int = Field(default=default("images_per_sample"), ge=0, le=64)
+    image_resolution: int = Field(default=default("image_resolution"), ge=28, le=8192)
+    train_vision_tower: bool = default("train_vision_tower")
+    train_projector: bool = default("train_projector")
+    num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
+    zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
+
+    @field_validator("lora_target", mode="before")
+    @classmethod
+    def _split_targets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, list | tuple):
+            targets = sorted({str(part).strip() for part in value if str(part).strip()})
+            if not targets:
+                raise ValueError("needs at least one module name or 'all'")
+            return ("all",) if "all" in targets else tuple(targets)
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Spec:
+        if self.method == "qlora" and self.quant_bits is None:
+            raise ValueError("quant_bits: qlora needs quant_bits 4 or 8")
+        if self.method != "qlora" and self.quant_bits is not None:
+            raise ValueError(f"quant_bits: only qlora quantizes (method is {self.method})")
+        if self.zero_stage and self.num_gpus == 1:
+            raise ValueError("zero_stage: ZeRO shards across GPUs; num_gpus is 1")
+        if self.zero_stage == 3 and self.precision == "pure_bf16":
+            raise ValueError("precision: pure_bf16 is incompatible with ZeRO-3 (LLaMA-Factory)")
+        if self.method == "qlora" and self.zero_stage == 3:
+            raise ValueError("zero_stage: bitsandbytes QLoRA with ZeRO-3 is not modelled")
+        if self.precision in ("bf16", "pure_bf16", "no_amp") and self.optimizer == "adafactor":
+            pass  # valid; noted so that optimizer x precision stays visible here
+        self._check_model()
+        return self
+
+    def _check_model(self) -> None:
+        try:
+            resolved = self.resolved_model
+        except ModelSourceError as error:
+            raise ValueError(str(error)) from None
+        shape = resolved.shape
+        if self.seq_len > shape.max_position_embeddings:
+            raise ValueError(
+                f"seq_len: {self.seq_len} exceeds the model's max positions "
+                f"({shape.max_position_embeddings})"
+            )
+        if self.method in ("lora", "qlora") and self.lora_target != ("all",):
+            unknown = sorted(set(self.lora_target) - set(shape.linear_names))
+            if unknown:
+                raise ValueError(
+                    f"lora_target: {', '.join(unknown)} not in this model "
+                    f"(has {', '.join(shape.linear_names)})"
+                )
+        if self.method == "freeze" and self.freeze_trainable_layers > shape.num_layers:
+            raise ValueError(
+                f"freeze_trainable_layers: {self.freeze_trainable_layers} exceeds the model's "
+                f"{shape.num_layers} layers"
+            )
+        if self.images_per_sample and not shape.is_multimodal:
+            raise ValueError("images_per_sample: the model has no vision tower")
+
+    @cached_property
+    def resolved_model(self) -> ResolvedModel:
+        return resolve_model(self.model, dict(self.model_overrides))
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        """LoRA target module names, with `all` expanded to every decoder-layer linear."""
+        shape = self.resolved_model.shape
+        return shape.linear_names if self.lora_target == ("all",) else self.lora_target
+
+    def canonical(self) -> dict[str, Any]:
+        """The fields that define the configuration, with the model named canonically."""
+        fields = self.model_dump(mode="json")
+        fields["model"] = self.resolved_model.name
+        fields["lora_target"] = list(self.target_modules)
+        fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
+        fields["spec_version"] = SPEC_VERSION
+        return fields
+
+    @cached_property
+    def spec_id(self) -> str:
+        payload = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_spec(**fields: Any) -> Spec:
+    """Build a Spec, turning pydantic's multi-line errors into one SpecError line.
+
+    Raises:
+        SpecError: the first invalid field, named, in one line.
+    """
+    try:
+        return Spec(**fields)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error)) from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if location and not message.startswith(location.split(".")[0] + ":"):
+        message = f"{location}: {message}"
+    value = first.get("input")
+    if location and not isinstance(value, dict) and value is not None and len(repr(value)) < 60:
+        message += f" (got {value!r})"
+    return message.replace("\n", " ")
