@@ -1,0 +1,94 @@
+"""Spec validation, spec_id stability, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from vram_ml.spec import SpecError, build_spec
+
+LLAMA = "meta-llama/Meta-Llama-3-8B"
+
+
+def test_defaults_are_llamafactory_defaults():
+    spec = build_spec(model=LLAMA)
+    assert (spec.method, spec.lora_rank, spec.batch_size, spec.seq_len) == ("lora", 8, 8, 2048)
+    assert spec.gradient_checkpointing and spec.attention == "sdpa"
+    assert spec.effective_lora_alpha == 16
+
+
+def test_spec_id_is_stable_and_ignores_spelling():
+    a = build_spec(model=LLAMA, lora_target="v_proj,q_proj", batch_size=2)
+    b = build_spec(model=LLAMA.lower(), lora_target=["q_proj", "v_proj"], batch_size=2)
+    c = build_spec(model="Meta-Llama-3-8B", lora_target="q_proj, v_proj", batch_size=2, lora_alpha=64)
+    assert a.spec_id == b.spec_id == c.spec_id
+    assert len(a.spec_id) == 16
+
+
+def test_spec_id_changes_with_every_memory_knob():
+    base = build_spec(model=LLAMA, precision="bf16")
+    variants = [
+        dict(batch_size=2), dict(seq_len=1024), dict(lora_rank=16), dict(lora_dropout=0.1),
+        dict(lora_target="q_proj"), dict(gradient_checkpointing=False), dict(attention="eager"),
+        dict(optimizer="adamw_8bit"), dict(precision="fp32"), dict(method="full"),
+        dict(method="qlora", quant_bits=4), dict(liger_kernel=True), dict(num_gpus=2),
+        dict(model_overrides={"num_hidden_layers": 4}),
+    ]
+    ids = {base.spec_id}
+    for change in variants:
+        ids.add(build_spec(**{"model": LLAMA, "precision": "bf16", **change}).spec_id)
+    assert len(ids) == len(variants) + 1
+
+
+def test_all_targets_expand_to_every_layer_linear():
+    spec = build_spec(model=LLAMA)
+    assert spec.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+BAD_INPUTS = [
+    (dict(lora_rank=0), "lora_rank"),
+    (dict(lora_rank=-3), "lora_rank"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size="two"), "batch_size"),
+    (dict(method="qlora", quant_bits=3), "quant_bits"),
+    (dict(method="qlora"), "quant_bits"),
+    (dict(method="lora", quant_bits=4), "quant_bits"),
+    (dict(optimizer="lion"), "optimizer"),
+    (dict(seq_len=10_000_000), "seq_len"),
+    (dict(seq_len=0), "seq_len"),
+    (dict(method="dpo"), "method"),
+    (dict(precision="int8"), "precision"),
+    (dict(attention="xformers"), "attention"),
+    (dict(lora_target="not_a_module"), "lora_target"),
+    (dict(lora_target=""), "lora_target"),
+    (dict(lora_dropout=1.0), "lora_dropout"),
+    (dict(lora_dropout=-0.1), "lora_dropout"),
+    (dict(zero_stage=3), "zero_stage"),
+    (dict(zero_stage=5, num_gpus=8), "zero_stage"),
+    (dict(num_gpus=0), "num_gpus"),
+    (dict(gradient_accumulation=0), "gradient_accumulation"),
+    (dict(images_per_sample=2), "images_per_sample"),
+    (dict(quant_type="int3", method="qlora", quant_bits=4), "quant_type"),
+    (dict(method="freeze", freeze_trainable_layers=999), "freeze_trainable_layers"),
+    (dict(model_overrides={"num_hidden_layers": -2}), "model_overrides"),
+    (dict(model_overrides={"no_such_key": 2}), "model_overrides"),
+    (dict(unknown_field=1), "unknown_field"),
+    (dict(precision="pure_bf16", zero_stage=3, num_gpus=8), "precision"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD_INPUTS, ids=[f for _, f in BAD_INPUTS])
+def test_bad_input_gives_one_line_naming_the_field(change, field):
+    with pytest.raises(SpecError) as error:
+        build_spec(**{"model": LLAMA, **change})
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(field) or field in message.split(":")[0], message
+
+
+@pytest.mark.parametrize("model", ["", "no-such-model", "someone/not-a-model", "../../etc/passwd"])
+def test_unknown_model_is_one_line(model):
+    with pytest.raises(SpecError) as error:
+        build_spec(model=model)
+    assert "\n" not in str(error.value)
+    assert "model" in str(error.value)
