@@ -26,10 +26,15 @@ class LinearShape:
     out_features: int
     bias: bool = False
     count: int = 1
+    # True for MoE experts that transformers 5 stores as one 3-D parameter (Mixtral's
+    # `experts.gate_up_proj`), not as nn.Linear modules: LoRA `target_modules` and bitsandbytes
+    # (4/8-bit) do not reach them, so they stay in the compute dtype under QLoRA.
+    fused: bool = False
 
     @property
     def params(self) -> int:
-        return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+        bias = self.out_features if self.bias else 0
+        return self.count * (self.in_features * self.out_features + bias)
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,17 @@ class VisionShape:
     intermediate_size: int
     num_attention_heads: int
     patch_size: int
-    image_size: int  # native resolution of the tower (fixed-resolution towers)
+    image_size: int  # native resolution of the tower (fixed-resolution towers); 0 when dynamic
     tower_params: int
     projector_params: int
     spatial_merge_size: int = 1  # Qwen2-VL merges 2x2 patches into one token
     temporal_patch_size: int = 1  # Qwen2-VL patches span 2 frames (an image is repeated)
     dynamic_resolution: bool = False  # Qwen2-VL: tokens grow with the image; CLIP/SigLIP: fixed
     fixed_image_tokens: int | None = None  # tokens one image adds when the resolution is fixed
+    # patch states the tower itself runs for one image at its native resolution, where that
+    # differs from the tokens it adds (LLaVA: 577 with CLS; Idefics3: 729 before pixel shuffle;
+    # Mllama: 4 tiles x 1601, fed to cross-attention, not to the sequence)
+    encoder_tokens_per_image: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,15 @@ class ModelShape:
 
     @property
     def total_params(self) -> int:
-        """All parameters, tied ones counted once (as `sum(p.numel() for p in model.parameters())`)."""
+        """All parameters, tied ones counted once (`sum(p.numel() for p in model.parameters())`)."""
         return self.text_params + self.vision_params + self.projector_params + self.extra_params
 
     @property
     def linear_names(self) -> tuple[str, ...]:
-        return tuple(linear.name for linear in self.layer_linears)
+        """The nn.Linear modules of one decoder layer that LoRA can target (fused experts left out;
+        a name shared by two modules, like GPTBigCode's two `c_proj`, appears once)."""
+        names = (linear.name for linear in self.layer_linears if not linear.fused)
+        return tuple(dict.fromkeys(names))
 
     @property
     def is_multimodal(self) -> bool:
@@ -146,7 +158,9 @@ def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
     model_type = config.get("model_type")
     if model_type not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS))
-        raise UnsupportedArchitecture(f"model_type {model_type!r} is not supported (known: {known})")
+        raise UnsupportedArchitecture(
+            f"model_type {model_type!r} is not supported (known: {known})"
+        )
     return _BUILDERS[model_type](config)
 
 
