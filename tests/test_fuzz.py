@@ -30,7 +30,7 @@ field_values = {
     "method": st.sampled_from(["full", "freeze", "lora", "qlora", "dpo", ""]),
     "quant_bits": st.sampled_from([None, 2, 3, 4, 8, 16]),
     "lora_rank": st.integers(-2, 5000),
-    "lora_dropout": st.floats(-1, 2, allow_nan=True),
+    "lora_dropout": st.one_of(st.floats(-1, 2), st.just(float("nan"))),
     "lora_target": st.sampled_from(["all", "q_proj,v_proj", "nope", "", "q_proj,,k_proj"]),
     "batch_size": st.integers(-3, 5000),
     "seq_len": st.integers(-3, 20000),

@@ -9,6 +9,7 @@ fields, provenance fields; bytes are integers. `row_to_sample` validates a row a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -198,16 +199,19 @@ def _as_int(name: str, value: Any) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise SampleError(f"{name}: expected an integer (got {str(value)[:40]!r})") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise SampleError(f"{name}: expected an integer (got {value!r})")
     return int(number)
 
 
 def _as_float(name: str, value: Any) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise SampleError(f"{name}: expected a number (got {str(value)[:40]!r})") from None
+    if not math.isfinite(number):
+        raise SampleError(f"{name}: expected a finite number (got {value!r})")
+    return number
 
 
 def _as_bool(name: str, value: Any) -> bool:
