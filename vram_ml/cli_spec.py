@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -134,7 +135,13 @@ def _parse_overrides(items: list[str]) -> dict[str, int | float]:
 def with_spec_options(command):
     """Decorator: add the shared spec options to `command`, which receives `spec_input`."""
     signature = inspect.signature(command)
-    own = [p for p in signature.parameters.values() if p.name != "spec_input"]
+    # Under `from __future__ import annotations` the annotations are strings; typer needs the
+    # real Annotated types once the signature is rebuilt.
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in signature.parameters.values() if p.name != "spec_input"
+    ]
     added = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
         for name, (annotation, _) in _OPTIONS.items()
@@ -149,5 +156,5 @@ def with_spec_options(command):
             raise fail(str(error)) from None
         return command(spec_input=spec_input, **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added], return_annotation=None)
     return wrapper
