@@ -1,0 +1,300 @@
+"""`vram-ml agent run | status | sync` and `vram-ml dataset export | validate | import`.
+
+Each command parses, calls one library function in vram_ml.agent, and prints (rich or --json).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vram_ml.cli_spec import fail
+
+agent_app = typer.Typer(
+    help="Measure peak VRAM of micro-trainings on spare GPUs.\n\n"
+         "Example: vram-ml agent run --gpus auto --budget 30m", no_args_is_help=True)
+dataset_app = typer.Typer(
+    help="The samples dataset: export, validate, import.\n\n"
+         "Example: vram-ml dataset export --output datasets/samples.csv", no_args_is_help=True)
+
+StoreOption = Annotated[Path | None, typer.Option(
+    "--store", help="Spool folder (default $VRAM_ML_STORE or ~/.vram-ml/store).")]
+TrackingOption = Annotated[str | None, typer.Option(
+    help="MLflow tracking URI (default: SQLite file in the store).")]
+NoMlflowOption = Annotated[bool, typer.Option("--no-mlflow", help="Spool only; sync later.")]
+ExperimentOption = Annotated[str | None, typer.Option(help="MLflow experiment name.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
+BackendsOption = Annotated[list[str] | None, typer.Option(
+    "--include-backend", help="Also write samples of this backend (cpu, simulated).")]
+
+
+def parse_duration(text: str) -> float:
+    """`8m`, `90s`, `1h30m`, `600` -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"expected a duration like 8m, 90s or 1h30m (got {text!r})")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _store(store: Path | None, tracking_uri: str | None, no_mlflow: bool,
+           experiment: str | None = None):
+    from vram_ml.agent.store import SampleStore, default_store_dir
+
+    return SampleStore(store or default_store_dir(), "" if no_mlflow else tracking_uri, experiment)
+
+
+def _print_json(payload: object) -> None:
+    from vram_ml.cli import print_json
+
+    print_json(payload)
+
+
+@agent_app.command("run")
+def agent_run(
+    backend: Annotated[
+        str, typer.Option(help="cuda (real GPUs) or cpu (tiny models; tests).")
+    ] = "cuda",
+    gpus: Annotated[str, typer.Option(help="auto (every spare GPU) or indices: 0,1.")] = "auto",
+    workers: Annotated[int, typer.Option(help="cpu backend: samples in parallel.")] = 1,
+    plan: Annotated[
+        Path | None, typer.Option(help="Explicit plan: YAML/JSONL of spec dicts.")
+    ] = None,
+    space: Annotated[
+        Path | None, typer.Option(help="Search space YAML (default agent/space.yaml).")
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option(help="coverage, or active (learned-model uncertainty).")
+    ] = "coverage",
+    budget: Annotated[
+        str | None, typer.Option(help="Time budget: 8m, 1h30m. No new sample after it.")
+    ] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Stop after this many samples.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per sample.")] = 3,
+    sample_timeout: Annotated[
+        str, typer.Option(help="Kill a sample after this long (status error).")
+    ] = "10m",
+    grace: Annotated[
+        str, typer.Option(help="After the budget, abort running samples after this.")
+    ] = "60s",
+    max_used_gib: Annotated[
+        float, typer.Option(help="A GPU using more memory than this is busy.")
+    ] = 2.0,
+    store: StoreOption = None,
+    tracking_uri: TrackingOption = None,
+    no_mlflow: NoMlflowOption = False,
+    experiment: ExperimentOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure specs (space.yaml or --plan) in child processes, one per spare GPU; spool + MLflow.
+
+    Ctrl-C / SIGTERM once: finish running samples and stop; twice: abort them (they stay planned).
+    Restarting resumes: specs already in the store are skipped.
+
+    Example: vram-ml agent run --gpus auto --budget 30m
+    """
+    from vram_ml.agent.gpu_pool import PoolError
+    from vram_ml.agent.planner import PlanError
+    from vram_ml.agent.progress import AgentProgress
+    from vram_ml.agent.runner import AgentOptions, run_agent
+    from vram_ml.agent.store import default_store_dir
+
+    if backend not in ("cuda", "cpu"):
+        raise fail(f"backend: expected cuda or cpu (got {backend!r})")
+    if strategy not in ("coverage", "active"):
+        raise fail(f"strategy: expected coverage or active (got {strategy!r})")
+    try:
+        options = AgentOptions(
+            store_dir=store or default_store_dir(), tracking_uri="" if no_mlflow else tracking_uri,
+            experiment=experiment, backend=backend, gpus=gpus, workers=workers, plan_file=plan,
+            space_file=space, strategy=strategy,
+            budget_s=parse_duration(budget) if budget else None, max_samples=max_samples,
+            steps=steps, sample_timeout_s=parse_duration(sample_timeout),
+            grace_s=parse_duration(grace), max_used_bytes=int(max_used_gib * 2**30),
+        )
+        with AgentProgress() as progress:
+            summary = run_agent(options, progress)  # progress on stderr, --json on stdout
+    except (ValueError, PoolError, PlanError) as error:
+        raise fail(str(error)) from None
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    from vram_ml.display import console
+
+    status = summary.status
+    console.print(
+        f"{summary.stored} new sample(s) (ok {status['ok']}, oom {status['oom']}, error "
+        f"{status['error']}), {summary.aborted} aborted, {summary.planned - summary.started} left "
+        f"in the plan; {summary.seconds:.0f}s; stopped: {summary.stop_reason}")
+    if summary.tracking_error:
+        console.print(f"[yellow]MLflow: {summary.tracking_error} — samples are in the spool; "
+                      "`vram-ml agent sync` replays them[/]")
+
+
+@agent_app.command("status")
+def agent_status(store: StoreOption = None, tracking_uri: TrackingOption = None,
+                 no_mlflow: NoMlflowOption = False, experiment: ExperimentOption = None,
+                 as_json: JsonOption = False) -> None:
+    """Show the store: samples by backend, status and device; what MLflow has yet to receive.
+
+    Example: vram-ml agent status --store ~/.vram-ml/store
+    """
+    from vram_ml.agent.store import store_status
+
+    status = store_status(_store(store, tracking_uri, no_mlflow, experiment))
+    if as_json:
+        _print_json(status)
+        return
+    from rich.table import Table
+
+    from vram_ml.display import console
+
+    table = Table(title=f"Store {status['store']}", show_header=False)
+    table.add_row("samples in spool", str(status["samples"]))
+    for key in ("backend", "status", "device"):
+        table.add_row(key, ", ".join(f"{k} {v}" for k, v in status[key].items()) or "-")
+    for slot, now in status["running"].items():
+        table.add_row(f"measuring on {slot}", f"{now['spec_id']} {now['model']} "
+                      f"(pid {now['pid']}, since {now['started_at']})")
+    if status["corrupt_lines"]:
+        table.add_row("corrupt lines (skipped)", str(status["corrupt_lines"]))
+    table.add_row("MLflow", status["tracking_uri"] or "disabled")
+    if status["logged"] is not None:
+        table.add_row("runs in MLflow", str(status["logged"]))
+        table.add_row("waiting for sync", str(status["pending"]))
+    if status["tracking_error"]:
+        table.add_row("MLflow error", status["tracking_error"])
+    console.print(table)
+
+
+@agent_app.command("sync")
+def agent_sync(store: StoreOption = None, tracking_uri: TrackingOption = None,
+               experiment: ExperimentOption = None, as_json: JsonOption = False) -> None:
+    """Replay the spool into MLflow (idempotent: samples already logged are skipped).
+
+    Example: vram-ml agent sync --tracking-uri http://mlflow.lab:5000
+    """
+    from vram_ml.agent.tracking import TrackingUnavailable
+
+    try:
+        result = _store(store, tracking_uri, False, experiment).sync()
+    except TrackingUnavailable as error:
+        raise fail(str(error), code=1) from None
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{result['logged']} sample(s) logged, {result['already']} already in MLflow "
+               f"({result['spooled']} in the spool)")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    output: Annotated[
+        Path, typer.Option(help="CSV or .parquet file (DATACARD.md beside it).")
+    ] = Path("datasets/samples.csv"),
+    source: Annotated[
+        str, typer.Option(help="mlflow (all machines logging there + spool) or spool.")
+    ] = "mlflow",
+    include_backend: BackendsOption = None,
+    replace: Annotated[
+        bool, typer.Option(help="Overwrite instead of merging with the file.")
+    ] = False,
+    store: StoreOption = None,
+    tracking_uri: TrackingOption = None,
+    experiment: ExperimentOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the store's cuda samples to a dataset file (merged, deduplicated) and its data card.
+
+    Example: vram-ml dataset export --output datasets/samples.csv
+    """
+    from vram_ml.agent.dataset import DatasetError, export_dataset
+    from vram_ml.agent.tracking import TrackingUnavailable
+
+    if source not in ("mlflow", "spool"):
+        raise fail(f"source: expected mlflow or spool (got {source!r})")
+    backends = ("cuda", *(include_backend or ()))
+    try:
+        result = export_dataset(_store(store, tracking_uri, False, experiment), output, source,
+                                backends, replace)
+    except (DatasetError, TrackingUnavailable) as error:
+        raise fail(str(error), code=1) from None
+    if as_json:
+        _print_json(result)
+        return
+    left_out = ", ".join(f"{k} {v}" for k, v in result["left_out_backends"].items())
+    typer.echo(f"{result['output']}: {result['rows']} rows ({result['new']} new); data card "
+               f"{result['datacard']}" + (f"; left out (not cuda): {left_out}" if left_out else ""))
+
+
+@dataset_app.command("validate")
+def dataset_validate(path: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL.")],
+                     as_json: JsonOption = False) -> None:
+    """Check every row of a samples file: schema, spec, peaks, provenance, duplicates.
+
+    Example: vram-ml dataset validate datasets/samples.csv
+    """
+    from vram_ml.agent.dataset import DatasetError, validate_file
+
+    try:
+        result = validate_file(path)
+    except DatasetError as error:
+        raise fail(str(error), code=1) from None
+    if as_json:
+        _print_json({"rows": result.rows, "valid": len(result.samples), "ok": result.ok,
+                     "problems": result.problems, "warnings": result.warnings,
+                     "counts": result.counts()})
+    else:
+        for line in result.warnings:
+            typer.echo(f"warning: {line}")
+        for line in result.problems:
+            typer.echo(f"problem: {line}")
+        typer.echo(f"{path}: {result.rows} rows, {len(result.samples)} valid, "
+                   f"{len(result.problems)} problem(s)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("import")
+def dataset_import(
+    file: Annotated[Path, typer.Argument(help="Samples JSONL/CSV/Parquet from a GPU machine.")],
+    output: Annotated[
+        Path, typer.Option(help="Dataset file to merge into.")
+    ] = Path("datasets/samples.csv"),
+    include_backend: BackendsOption = None,
+    store: StoreOption = None,
+    tracking_uri: TrackingOption = None,
+    no_mlflow: NoMlflowOption = False,
+    experiment: ExperimentOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bring samples from a GPU machine into the store and the dataset (validated, deduplicated).
+
+    Example: vram-ml dataset import samples.jsonl
+    """
+    from vram_ml.agent.dataset import DatasetError, import_dataset
+
+    backends = ("cuda", *(include_backend or ()))
+    try:
+        result = import_dataset(file, _store(store, tracking_uri, no_mlflow, experiment), output,
+                                backends)
+    except DatasetError as error:
+        raise fail(str(error), code=1) from None
+    if as_json:
+        _print_json(result)
+        return
+    for problem in result["rejected"]:
+        typer.echo(f"rejected: {problem}")
+    typer.echo(f"{result['valid']}/{result['rows']} valid; {result['new_in_store']} new in the "
+               f"store, {result['logged_to_mlflow']} logged to MLflow; {result['output']}: "
+               f"{result['rows_in_output']} rows ({result['new_in_output']} new)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agent_app, name="agent")
+    app.add_typer(dataset_app, name="dataset")
