@@ -137,7 +137,10 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
 
 def _is_optional_numeric_key(key: str) -> bool:
     # Configs may omit these and rely on transformers' defaults; overriding them is still valid.
-    return key in {"head_dim", "num_key_value_heads", "intermediate_size"}
+    return key in {
+        "head_dim", "num_key_value_heads", "intermediate_size", "num_hidden_layers",
+        "hidden_size", "num_attention_heads",
+    }
 
 
 def _looks_like_path(source: str) -> bool:
