@@ -26,7 +26,8 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "precision": ("no_amp", "bf16: false, fp16: false (half-precision weights, no autocast)"),
     "gradient_checkpointing": (True, "disable_gradient_checkpointing: false"),
     "attention": ("sdpa", "flash_attn: auto (SDPA on torch >= 2.1.1)"),
-    "optimizer": ("adamw_torch", "optim: adamw_torch"),
+    # transformers 5 picks the fused AdamW when torch >= 2.8 (TrainingArguments.optim default).
+    "optimizer": ("adamw_torch_fused", "optim: adamw_torch_fused (transformers 5, torch >= 2.8)"),
     "liger_kernel": (False, "enable_liger_kernel: false"),
     "images_per_sample": (0, "no images (text-only data)"),
     "image_resolution": (768, "image_max_pixels: 768*768"),
