@@ -22,7 +22,9 @@ app = typer.Typer(
 )
 
 # Command modules, each with `register(app)`; listed here so the CLI is wired in one place.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "vram_ml.cli_simulate", "vram_ml.cli_agent", "vram_ml.cli_learned",
+)
 
 
 def print_json(payload: object) -> None:

@@ -1,0 +1,163 @@
+"""Run the recipe's training steps under the live-storage tracker: on fake tensors (`simulate`)
+or for real on the CPU (the `cpu` backend, tiny models).
+
+Both paths build the same model (model/training_setup.py), register the same model state and
+batch, apply the same CUDA rules (cuda_emulation.py) and run the same `train_step`; only the
+tensors differ. That is what the fake == real tests hold to the byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vram_ml.model import training_setup as recipe
+from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
+from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
+from vram_ml.model.simulate.tracker import LiveStorageTracker, Peak
+from vram_ml.spec import Spec
+
+Progress = Callable[[str], None]
+SIMULATED_STEPS = 2  # optimizer states exist from step 2: its peak is usually the higher one
+MAX_MICRO_STEPS = 2  # micro-steps after the second repeat its memory exactly (grads exist)
+
+
+@dataclass
+class StepRun:
+    """What a tracked run of the recipe found."""
+
+    peak: Peak
+    seconds: float
+    steps: int
+    notes: list[str] = field(default_factory=list)
+
+
+def simulated_spec(spec: Spec) -> tuple[Spec, list[str]]:
+    """The spec the step actually runs, and a note for each approximation.
+
+    Raises:
+        ValueError: what cannot be simulated (one line).
+    """
+    if spec.liger_kernel:
+        raise ValueError("liger_kernel: Liger's fused kernels cannot be simulated (refused)")
+    if spec.num_gpus > 1:
+        raise ValueError(
+            "num_gpus: simulate runs one GPU's step; multi-GPU / ZeRO is not simulated (refused)"
+        )
+    notes, update = [], {}
+    if spec.attention == "flash_attention_2":
+        update["attention"] = "sdpa"
+        notes.append("flash_attention_2 simulated as SDPA flash attention "
+                     "(same saved tensors: output + logsumexp)")
+    if spec.gradient_accumulation > MAX_MICRO_STEPS:
+        update["gradient_accumulation"] = MAX_MICRO_STEPS
+        notes.append(f"{spec.gradient_accumulation} micro-steps simulated as {MAX_MICRO_STEPS} "
+                     "(later micro-steps repeat the second one's memory)")
+    if spec.optimizer.startswith("paged_"):
+        notes.append("paged optimizer states counted as device memory (unified memory may page)")
+    return (spec.model_copy(update=update) if update else spec), notes
+
+
+def simulate_step(
+    spec: Spec, steps: int = SIMULATED_STEPS, progress: Progress | None = None
+) -> StepRun:
+    """Simulate `steps` training steps on fake tensors and return the tensor peak.
+
+    Raises:
+        ValueError: the spec cannot be simulated (one line).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    start = time.perf_counter()
+    spec, notes = simulated_spec(spec)
+    _say(progress, "building the model on meta")
+    with quiet_libraries():
+        model = recipe.build_model(spec, "meta")
+        attention = model.config._attn_implementation
+        if attention != spec.attention:
+            notes.append(f"{spec.attention} attention not available for this model: {attention}")
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        make_fake(model, mode)
+        batch = recipe.make_batch(spec, model, "cpu")
+        with mode, RealMetadataMode():
+            peak = _tracked_steps(spec, model, batch, steps, progress)
+    return StepRun(peak, time.perf_counter() - start, steps, notes)
+
+
+def run_on_cpu(spec: Spec, steps: int = SIMULATED_STEPS, emulate_cuda: bool = True) -> StepRun:
+    """Run `steps` real training steps on the CPU (tiny models) under the same tracker."""
+    start = time.perf_counter()
+    spec, notes = simulated_spec(spec)
+    torch.manual_seed(0)
+    with quiet_libraries():
+        model = recipe.build_model(spec, "cpu")
+        batch = recipe.make_batch(spec, model, "cpu")
+        peak = _tracked_steps(spec, model, batch, steps, None, emulate_cuda)
+    return StepRun(peak, time.perf_counter() - start, steps, notes)
+
+
+def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
+                   progress: Progress | None, emulate_cuda: bool = True) -> Peak:
+    optimizer = recipe.make_optimizer(spec, model)
+    if getattr(optimizer, "is_paged", False):
+        optimizer.is_paged = False  # no unified memory here; states become plain tensors
+    text = model.config.get_text_config()
+    tracker = LiveStorageTracker(
+        vocab_size=text.vocab_size,
+        tokens=spec.batch_size * spec.seq_len,
+        hidden_bytes=cuda_hidden_bytes if emulate_cuda else None,
+        allocator=CachingAllocator() if emulate_cuda else None,
+    )
+    register_state(tracker, model, batch)
+    if tracker.allocator:
+        tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
+    tracker.observe(phase="setup")
+    handles = tracker.watch_training(model, optimizer)
+    emulation = cuda_behaviour() if emulate_cuda else contextlib.nullcontext()
+    try:
+        with emulation, tracker:
+            for step in range(1, steps + 1):
+                _say(progress, f"step {step} of {steps}: forward, backward, optimizer")
+                recipe.train_step(spec, model, batch, optimizer)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tracker.peak
+
+
+def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict) -> None:
+    """Count what exists before the step: weights, adapters, quantization state, the batch."""
+    tracker.track_all(quantization_tensors(model), "quantization_constants")
+    for name, param in model.named_parameters():
+        tracker.track(param, "adapters" if "lora_" in name else "weights")
+    tracker.track_all(model.buffers(), "weights")
+    tracker.track_all(batch.values(), "activations")
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence library chatter that says nothing about memory (deprecations, bitsandbytes'
+    optional CPU kernels, its fp16-cast notice on every 8-bit matmul)."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
