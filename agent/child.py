@@ -69,7 +69,6 @@ def write_atomically(path: Path, payload: dict) -> None:
 def run(request: dict) -> dict:
     """Measure one spec as the request says; returns the RESULT payload."""
     from vram_ml.agent.recipe import one_line
-
     from vram_ml.sample import Measurement
     from vram_ml.spec import build_spec
 
@@ -110,6 +109,7 @@ def preload() -> None:
     try:
         import peft  # noqa: F401
         import transformers  # noqa: F401
+
         import vram_ml.model.training_setup  # noqa: F401
     except ImportError:
         pass  # the measurement reports what is missing

@@ -11,6 +11,7 @@ Only `backend=cuda` rows are written unless other backends are asked for explici
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import Counter
@@ -20,7 +21,6 @@ from typing import Any
 
 from vram_ml.agent.datacard import write_datacard
 from vram_ml.agent.store import SampleStore
-
 from vram_ml.sample import COLUMNS, Sample, SampleError, row_to_sample, sample_to_row
 
 DEFAULT_OUTPUT = Path("datasets/samples.csv")
@@ -46,6 +46,14 @@ class Validation:
     def ok(self) -> bool:
         return not self.problems
 
+    def problem(self, number: int, text: object) -> None:
+        self.problems.append(f"row {number}: {one_line(str(text))}")
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: one printable line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
     def counts(self) -> dict[str, dict[str, int]]:
         return {"backend": dict(Counter(s.provenance.backend for s in self.samples)),
                 "status": dict(Counter(s.measurement.status for s in self.samples))}
@@ -54,8 +62,9 @@ class Validation:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Raw rows of a CSV, JSONL or Parquet file.
+def read_rows(path: Path) -> list[dict[str, Any] | str]:
+    """Raw rows of a CSV, JSONL or Parquet file; a line that cannot be read as a row (bad JSON,
+    not an object, broken CSV) comes back as a one-line string saying why (validate rejects it).
 
     Raises:
         DatasetError: missing or unreadable file.
@@ -70,35 +79,65 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), None).to_dict("records")
         text = path.read_text(encoding="utf-8")
-        if path.suffix in (".jsonl", ".json"):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        return list(csv.DictReader(text.splitlines()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error, ValueError) as error:
-        raise DatasetError(f"{path}: unreadable ({str(error).splitlines()[0][:160]})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DatasetError(f"{path}: unreadable ({_first_line(error)})") from None
+    if path.suffix in (".jsonl", ".json"):  # lines end at \n only (not at \u2028 and kin)
+        return [_json_row(line) for line in text.split("\n") if line.strip()]
+    return _csv_rows(text)
 
 
-def validate_rows(rows: list[dict[str, Any]]) -> Validation:
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def _json_row(line: str) -> dict[str, Any] | str:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as error:
+        return f"not valid JSON ({_first_line(error)})"
+    return row if isinstance(row, dict) else f"not a JSON object (a {type(row).__name__})"
+
+
+def _csv_rows(text: str) -> list[dict[str, Any] | str]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv's own line ends only
+    rows: list[dict[str, Any] | str] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as error:  # this line only; the reader goes on with the next one
+            rows.append(f"unreadable CSV line ({_first_line(error)})")
+            continue
+        rows.append("more fields than the header" if None in row else row)
+
+
+def validate_rows(rows: list[dict[str, Any] | str]) -> Validation:
     """Check every row: schema, spec, consistency of the peaks, provenance, duplicates."""
     result = Validation(rows=len(rows))
-    present = set().union(*(row.keys() for row in rows)) if rows else set(COLUMNS)
+    tables = [row for row in rows if isinstance(row, dict)]
+    present = {str(key) for row in tables for key in row} if tables else set(COLUMNS)
     missing = [c for c in COLUMNS if c not in present]
     if missing:
         result.warnings.append(f"columns missing (read as empty): {', '.join(missing)}")
     unknown = sorted(present - set(COLUMNS))
     if unknown:
-        result.warnings.append(f"unknown columns (ignored): {', '.join(unknown)}")
+        result.warnings.append(one_line(f"unknown columns (ignored): {', '.join(unknown)}")[:300])
     seen: set[str] = set()
     for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            result.problem(number, row)
+            continue
         try:
             sample = row_to_sample(row)
         except SampleError as error:
-            result.problems.append(f"row {number}: {error}")
+            result.problem(number, error)
             continue
         problem = check_sample(sample)
         if not problem and sample.sample_key in seen:
             problem = f"duplicate of an earlier row (sample_key {sample.sample_key})"
         if problem:
-            result.problems.append(f"row {number}: {problem}")
+            result.problem(number, problem)
             continue
         seen.add(sample.sample_key)
         result.samples.append(sample)
@@ -200,12 +239,25 @@ def update_file(output: Path, samples: list[Sample], backends: tuple[str, ...],
     Raises:
         DatasetError: `output` exists and is invalid (never overwritten unless `replace`).
     """
-    existing: list[Sample] = []
-    if Path(output).exists() and not replace:
-        check = validate_file(output)
-        if not check.ok:
-            raise DatasetError(f"{output}: {check.problems[0]} (fix it or pass --replace)")
-        existing = check.samples
+    return _write_merged(output, existing_samples(output, replace), samples, backends)
+
+
+def existing_samples(output: Path, replace: bool = False) -> list[Sample]:
+    """The samples `output` holds now ([] if absent or `replace`).
+
+    Raises:
+        DatasetError: `output` exists and is invalid (never overwritten unless `replace`).
+    """
+    if not Path(output).exists() or replace:
+        return []
+    check = validate_file(output)
+    if not check.ok:
+        raise DatasetError(f"{output}: {check.problems[0]} (fix it or pass --replace)")
+    return check.samples
+
+
+def _write_merged(output: Path, existing: list[Sample], samples: list[Sample],
+                  backends: tuple[str, ...]) -> tuple[list[Sample], int]:
     chosen = [s for s in samples if s.provenance.backend in backends]
     merged = merge(existing, chosen)
     write_samples(merged, output)
@@ -230,14 +282,19 @@ def import_dataset(path: Path, store: SampleStore, output: Path = DEFAULT_OUTPUT
     """`vram-ml dataset import`: a samples file (JSONL/CSV/Parquet) from a GPU machine ->
     validated -> the store (spool, then MLflow) -> merged into `output`.
 
+    Every valid row is stored, each bad one rejected with one line; the valid ones reach the spool
+    in one write (all or none).
+
     Raises:
         DatasetError: unreadable file, or no valid row at all.
+        SpoolError: the store cannot be written (nothing of the file is stored).
     """
     check = validate_file(path)
     if check.rows and not check.samples:
         raise DatasetError(f"{path}: no valid sample ({check.problems[0]})")
-    recorded = [store.record(sample) for sample in check.samples]
-    merged, new = update_file(output, check.samples, backends)
+    existing = existing_samples(output)  # refuse an invalid output before storing anything
+    recorded = store.record_many(check.samples)
+    merged, new = _write_merged(output, existing, check.samples, backends)
     return {"file": str(path), "rows": check.rows, "valid": len(check.samples),
             "rejected": check.problems, "new_in_store": sum(r.new for r in recorded),
             "logged_to_mlflow": sum(bool(r.run_id) for r in recorded),

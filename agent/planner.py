@@ -32,8 +32,29 @@ QUANT_FIELDS = ("quant_bits", "quant_type", "double_quant")
 VISION_FIELDS = ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector")
 
 
+MAX_PLAN_BYTES = 32 * 2**20  # a plan or space file is text: 100k specs fit easily
+
+
 class PlanError(ValueError):
     """A bad space or plan file; the message is one line."""
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A plan or space file's text: a regular file of at most MAX_PLAN_BYTES, nothing else (no
+    device, FIFO or /proc file that never ends)."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise PlanError(f"{what}: cannot read {path} (no such file)")
+        if not path.is_file():
+            raise PlanError(f"{what}: {path} is not a regular file")
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{what}: {path} is larger than {MAX_PLAN_BYTES // 2**20} MiB")
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise PlanError(f"{what}: cannot read {path} ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{what}: {path} is not UTF-8 text") from None
 
 
 @dataclass
@@ -51,11 +72,12 @@ def load_space(path: Path | None = None, backend: str = "cuda") -> dict[str, Any
     if path is None:
         text = (resources.files("vram_ml.agent") / "space.yaml").read_text()
     else:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise PlanError(f"space: cannot read {path} ({error.strerror})") from None
-    space = yaml.safe_load(text)
+        text = read_text_file(path, "space")
+    try:
+        space = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PlanError(f"space: {path} is not valid YAML ({str(error).splitlines()[0]})") \
+            from None
     if not isinstance(space, dict) or "models" not in space or "knobs" not in space:
         raise PlanError(f"space: {path or 'space.yaml'} needs `models` and `knobs`")
     if backend == "cpu" and "cpu" in space:
@@ -71,10 +93,7 @@ def read_plan_file(path: Path) -> list[Spec]:
     Raises:
         PlanError: unreadable file or an invalid spec (its position named).
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise PlanError(f"plan: cannot read {path} ({error.strerror})") from None
+    text = read_text_file(path, "plan")
     try:
         if str(path).endswith(".jsonl"):
             entries = [json.loads(line) for line in text.splitlines() if line.strip()]

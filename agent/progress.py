@@ -84,6 +84,8 @@ class AgentProgress:
             detail = f"{detail} {measurement.message[:120]}".strip()
         stored = "" if recorded.new else " [dim](already stored)[/]"
         mlflow = " [dim](spool only: MLflow down)[/]" if recorded.tracking_error else ""
+        if recorded.outcome in ("present", "elsewhere"):
+            mlflow = " [dim](another agent stored it in MLflow)[/]"
         self.console.print(f"[{style}]{measurement.status:5}[/] {describe(sample)} · {detail} · "
                            f"{seconds:.1f}s [dim]{slot}[/]{stored}{mlflow}", highlight=False,
                            soft_wrap=True)
@@ -93,6 +95,9 @@ class AgentProgress:
             self.progress.update(self.task, completed=done, ok=summary.status["ok"],
                                  oom=summary.status["oom"], error=summary.status["error"],
                                  per=f"{sum(self.seconds) / len(self.seconds):.1f}")
+
+    def _skipped(self, slot: str, spec: Any, reason: str) -> None:
+        self.console.print(f"[dim]skip  {spec.spec_id}: {reason}[/]", highlight=False)
 
     def _waiting(self, slot: str, reason: str) -> None:
         self.console.print(f"[dim]{slot} busy ({reason}); waiting[/]")

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vram_ml.agent.environment import PeakSampler, ProcessMemory
-
 from vram_ml.sample import Measurement
 
 if TYPE_CHECKING:
@@ -103,6 +102,7 @@ def measure(spec: Spec, backend: str, steps: int = DEFAULT_STEPS, nvml_index: in
 def _steps(spec: Spec, model: Any, batch: dict, optimizer: Any, scaler: Any, steps: int,
            peaks: Peaks, fail_at_step: str, synchronize=None) -> None:
     import torch
+
     from vram_ml.model.training_setup import train_step
 
     for _ in range(steps):
@@ -119,6 +119,7 @@ def _steps(spec: Spec, model: Any, batch: dict, optimizer: Any, scaler: Any, ste
 
 def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at_step: str) -> None:
     import torch
+
     from vram_ml.model.training_setup import (
         build_model,
         make_batch,

@@ -6,6 +6,11 @@
   Second: running samples are aborted (children killed, no sample stored: they stay planned).
 - Budget: no sample starts after the deadline, nor when the time left is under the mean seconds
   per sample so far; a sample still running `grace_s` after the deadline is aborted.
+- Many agents, one tracking server: each spec is claimed on the server before it is measured
+  (agent/claims.py); a spec another agent holds or has stored is skipped. With MLflow down or off,
+  specs are measured unclaimed; publishing still stores each sample at most once.
+- The spool cannot be written (disk full, read-only): the agent stops at once with that error
+  (running samples aborted, their specs stay planned); nothing partial is left in the spool.
 """
 
 from __future__ import annotations
@@ -17,19 +22,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vram_ml.agent.gpu_pool import GpuPool, parse_gpus
 from vram_ml.agent.planner import Planned, load_space, make_plan, read_plan_file
-from vram_ml.agent.store import SampleStore
+from vram_ml.agent.store import SampleStore, SpoolError
 from vram_ml.agent.tracking import TrackingUnavailable
-from vram_ml.agent.worker import DEFAULT_TIMEOUT_S, Children, Slot, measure_isolated
+from vram_ml.agent.worker import DEFAULT_TIMEOUT_S, Children, Slot, measure_isolated, provenance
 
 Events = Callable[..., None]
 WAIT_BUSY_S = 30.0  # a busy GPU is re-checked this often
 RUNNING_NAME = "running.json"
+LEASE_MARGIN_S = 300.0  # a claim's lease = sample timeout + this (storing, clock skew)
 
 
 @dataclass
@@ -60,12 +67,14 @@ class RunSummary:
     started: int = 0
     stored: int = 0  # new samples in the spool
     duplicates: int = 0  # measured but already in the spool (another agent was faster)
+    claimed_elsewhere: int = 0  # skipped: another agent claimed or stored the spec
     status: dict[str, int] = field(default_factory=lambda: {"ok": 0, "oom": 0, "error": 0})
     aborted: int = 0
     logged: int = 0  # samples logged to MLflow during the run
     seconds: float = 0.0
     stop_reason: str = "plan done"
     tracking_error: str = ""
+    spool_error: str = ""  # the spool could not be written: the agent stopped
     notes: list[str] = field(default_factory=list)
     synced_at_end: dict[str, int] = field(default_factory=dict)
 
@@ -75,7 +84,7 @@ class RunSummary:
 
 class Agent:
     """One agent run (`run()`); `events(kind, **data)` receives planned / started / finished /
-    waiting / stopping, for the progress display."""
+    skipped / aborted / waiting / stopping, for the progress display."""
 
     def __init__(self, options: AgentOptions, events: Events | None = None):
         self.options = options
@@ -112,8 +121,8 @@ class Agent:
                                       f"{sum(s.spec_id in done for s in specs)} already measured")
             return [Planned(s, "plan") for s in specs if s.spec_id not in done]
         space = load_space(self.options.space_file, self.options.backend)
-        measured = [s.spec for s in self.store.spool.samples()
-                    if s.provenance.backend == self.options.backend]
+        scan = self.store.spool.scan()
+        measured = [s.spec for s in scan.samples if s.provenance.backend == self.options.backend]
         plan = make_plan(space, measured, done, device_total, self.options.strategy,
                          self.options.max_samples)
         self.summary.notes.extend(plan.notes)
@@ -133,7 +142,13 @@ class Agent:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        """Measure the plan. Raises SpoolError when the store cannot be written at all."""
         started = time.monotonic()
+        self.store.spool.check_writable()
+        corrupt = self.store.spool.scan().corrupt_lines
+        if corrupt:
+            self.summary.notes.append(f"warning: spool {self.store.spool.path}: {corrupt} corrupt "
+                                      "line(s) skipped (kept in the file, not read as samples)")
         restore = self._install_signals()
         try:
             slots, device_name, device_total = self.slots()
@@ -187,37 +202,77 @@ class Agent:
         finally:
             children.close()
 
+    def _claim(self, slot: Slot, planned: Planned, device_key: str):
+        """Claim the spec on the tracking server; None = measure unclaimed, False = skip it."""
+        lease_s = self.options.sample_timeout_s + LEASE_MARGIN_S
+        claim = self.store.claim(f"{planned.spec.spec_id}|{device_key}", lease_s)
+        if claim is None or claim.won:
+            return claim
+        with self.lock:
+            self.summary.started -= 1
+            self.summary.claimed_elsewhere += 1
+        self.events("skipped", slot=slot.label, spec=planned.spec, reason=claim.reason)
+        return False
+
     def _measure_all(self, slot: Slot, children: Children) -> None:
+        device_key = provenance(slot).device_key  # what the samples' sample_keys will hold
         while (planned := self._next()) is not None:
             if slot.backend == "cuda" and not self._wait_until_spare(slot):
                 with self.lock:
                     self.queue.appendleft(planned)
                     self.summary.started -= 1
                 return
-            begin = time.monotonic()
+            claim = self._claim(slot, planned, device_key)
+            if claim is False:
+                continue
+            try:
+                self._measure_one(slot, children, planned)
+            finally:
+                self.store.release(claim)
+
+    def _measure_one(self, slot: Slot, children: Children, planned: Planned) -> None:
+        """Measure one spec in a child, then record it (spool first, then MLflow)."""
+        begin = time.monotonic()
+        try:
             sample = measure_isolated(
                 planned.spec, slot, self.options.store_dir / "work", self.options.steps,
                 self.options.sample_timeout_s, self.abort,
                 on_start=lambda pid: self._started(slot, planned, pid), children=children,
                 warm_next=self._more_to_come(),
             )
+        except OSError as error:  # the work folder (child logs, results) cannot be written
+            sample = None
+            self._spool_failed(f"store: cannot write {error.filename or 'work files'} "
+                               f"({error.strerror or error})")
+        with self.lock:
+            self.running.pop(slot.label, None)
+            write_running(self.options.store_dir, self.running)
+        if sample is None:
             with self.lock:
-                self.running.pop(slot.label, None)
-                write_running(self.options.store_dir, self.running)
-            if sample is None:
-                with self.lock:
-                    self.summary.aborted += 1
-                self.events("aborted", slot=slot.label, spec=planned.spec)
-                continue
+                self.summary.aborted += 1
+            self.events("aborted", slot=slot.label, spec=planned.spec)
+            return
+        try:
             recorded = self.store.record(sample)  # spool first, then MLflow
+        except SpoolError as error:
             with self.lock:
-                self.sample_seconds.append(time.monotonic() - begin)
-                self.summary.status[sample.measurement.status] += 1
-                self.summary.stored += recorded.new
-                self.summary.duplicates += not recorded.new
-                self.summary.logged += bool(recorded.run_id)
-            self.events("finished", slot=slot.label, sample=sample, recorded=recorded,
-                        seconds=time.monotonic() - begin, summary=self.summary, total=self._total())
+                self.summary.aborted += 1
+            self._spool_failed(str(error))
+            return
+        with self.lock:
+            self.sample_seconds.append(time.monotonic() - begin)
+            self.summary.status[sample.measurement.status] += 1
+            self.summary.stored += recorded.new
+            self.summary.duplicates += not recorded.new
+            self.summary.logged += bool(recorded.run_id)
+        self.events("finished", slot=slot.label, sample=sample, recorded=recorded,
+                    seconds=time.monotonic() - begin, summary=self.summary, total=self._total())
+
+    def _spool_failed(self, message: str) -> None:
+        """Nothing more can be stored: stop now, abort what runs (those specs stay planned)."""
+        with self.lock:
+            self.summary.spool_error = self.summary.spool_error or message
+        self._stop(message, abort=True)
 
     def _more_to_come(self) -> bool:
         with self.lock:
@@ -288,11 +343,15 @@ def write_running(store_dir: Path, running: dict[str, dict[str, Any]]) -> None:
     """`<store>/running.json`: the agent's pid and what each slot measures now (agent status)."""
     path = Path(store_dir) / RUNNING_NAME
     if not running:
-        path.unlink(missing_ok=True)
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
         return
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"agent_pid": os.getpid(), "slots": running}))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps({"agent_pid": os.getpid(), "slots": running}))
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a status file only: a full disk is reported where samples are written
 
 
 def run_agent(options: AgentOptions, events: Events | None = None) -> RunSummary:

@@ -1,29 +1,29 @@
-"""The store: a local spool that never loses a sample, then MLflow.
+"""The store: a local spool that never loses a sample (agent/spool.py), then MLflow.
 
-Every sample is first appended to the spool (`<store>/spool.jsonl`, one flat dataset row per
-line, `vram_ml.sample.sample_to_row`), flushed and fsynced, under an exclusive file lock; only
-then is it logged to MLflow (agent/tracking.py). The spool refuses a second sample with the same
-`Sample.sample_key` (spec_id + backend + device + library versions), so re-running, replaying or
-importing never doubles a sample. A torn last line (a crash mid-write) is dropped on the next
-append; a corrupt line elsewhere is skipped and counted, never fatal.
+Every sample is first appended to the spool, durably; only then is it logged to MLflow
+(agent/tracking.py), where agents sharing one tracking server claim specs and publish each sample
+at most once (agent/claims.py). MLflow being down never loses a sample: `sync` replays the spool.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from vram_ml.sample import Provenance, Sample, SampleError, row_to_sample, sample_to_row
+from vram_ml.agent.spool import (  # noqa: F401 - Spool & co. are part of the store's interface
+    SPOOL_NAME,
+    Spool,
+    SpoolError,
+    SpoolScan,
+    row_key,
+)
+from vram_ml.sample import Sample
 
 DEFAULT_STORE_ENV = "VRAM_ML_STORE"
-SPOOL_NAME = "spool.jsonl"
 
 
 def default_store_dir() -> Path:
@@ -34,141 +34,6 @@ def default_store_dir() -> Path:
 def default_tracking_uri(store_dir: Path) -> str:
     """MLflow's default here: an embedded SQLite file inside the store."""
     return f"sqlite:///{store_dir.resolve() / 'mlflow.db'}"
-
-
-@dataclass
-class SpoolScan:
-    samples: list[Sample] = field(default_factory=list)
-    corrupt_lines: int = 0
-
-
-class Spool:
-    """Append-only JSONL of samples, deduplicated by sample_key, durable before anything else."""
-
-    def __init__(self, store_dir: Path):
-        self.dir = Path(store_dir)
-        self.path = self.dir / SPOOL_NAME
-        self._lock_path = self.dir / "spool.lock"
-        self._known: set[str] = set()
-        self._offset = 0
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def scan(self) -> SpoolScan:
-        """All readable samples (first of each sample_key) and the count of corrupt lines."""
-        scan, seen = SpoolScan(), set()
-        for line in self._lines():
-            try:
-                sample = row_to_sample(json.loads(line))
-            except (json.JSONDecodeError, SampleError, TypeError, AttributeError):
-                scan.corrupt_lines += 1
-                continue
-            if sample.sample_key not in seen:
-                seen.add(sample.sample_key)
-                scan.samples.append(sample)
-        return scan
-
-    def samples(self) -> list[Sample]:
-        return self.scan().samples
-
-    def keys(self) -> set[str]:
-        """sample_keys in the spool, read incrementally (only the bytes added since last time)."""
-        if not self.path.exists():
-            self._known, self._offset = set(), 0
-            return set()
-        if self.path.stat().st_size < self._offset:  # rewritten: start over
-            self._known, self._offset = set(), 0
-        with open(self.path, "rb") as handle:
-            handle.seek(self._offset)
-            for raw in handle:
-                if not raw.endswith(b"\n"):
-                    break
-                self._offset += len(raw)
-                key = row_key(raw)
-                if key:
-                    self._known.add(key)
-        return set(self._known)
-
-    def _lines(self) -> Iterator[str]:
-        if not self.path.exists():
-            return
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.endswith("\n") and line.strip():
-                    yield line  # a line without its newline is a torn write: not a sample
-
-    def append(self, sample: Sample) -> bool:
-        """Append `sample` durably unless its sample_key is already there.
-
-        Returns:
-            True if written, False if the spool already held that sample_key.
-        """
-        return self.append_many([sample]) == 1
-
-    def append_many(self, samples: list[Sample]) -> int:
-        """Append the samples whose sample_key is new (one fsync); returns how many were new."""
-        with self._locked():
-            self._drop_torn_tail()
-            known = self.keys()
-            lines = []
-            for sample in samples:
-                if sample.sample_key in known:
-                    continue
-                known.add(sample.sample_key)
-                lines.append(json.dumps(sample_to_row(sample), sort_keys=True) + "\n")
-            if lines:
-                with open(self.path, "a", encoding="utf-8") as handle:
-                    handle.writelines(lines)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                _fsync_dir(self.dir)
-            return len(lines)
-
-    def _drop_torn_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) == b"\n":
-                return
-            handle.seek(0)
-            data = handle.read()
-            handle.truncate(data.rfind(b"\n") + 1)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def row_key(raw: bytes | str) -> str:
-    """The sample_key of one spool line without rebuilding its Spec ("" if unreadable)."""
-    try:
-        row = json.loads(raw)
-        device = Provenance(
-            backend=row["backend"], agent_version="", created_at="",
-            **{name: row.get(name) or "" for name in _DEVICE_KEY_FIELDS},
-        ).device_key
-        return f"{row['spec_id']}|{device}"
-    except (json.JSONDecodeError, KeyError, TypeError, SampleError, UnicodeDecodeError):
-        return ""
-
-
-_DEVICE_KEY_FIELDS = ("device_name", "torch_version", "transformers_version", "peft_version",
-                      "bitsandbytes_version")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def spool_summary(samples: list[Sample]) -> dict[str, dict[str, int]]:
@@ -182,11 +47,13 @@ def spool_summary(samples: list[Sample]) -> dict[str, dict[str, int]]:
 
 @dataclass
 class Recorded:
-    """What happened to one sample: written to the spool (new), logged to MLflow (run_id)."""
+    """What happened to one sample: written to the spool (new), logged to MLflow (run_id; outcome
+    logged | present | elsewhere, see tracking.Published; "" when MLflow was not reached)."""
 
     new: bool
     run_id: str = ""
     tracking_error: str = ""
+    outcome: str = ""
 
 
 class SampleStore:
@@ -207,39 +74,94 @@ class SampleStore:
         self.dir = Path(store_dir)
         self.spool = Spool(self.dir)
         uri = default_tracking_uri(self.dir) if tracking_uri is None else tracking_uri
-        self.tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT, self.dir / "artifacts") \
-            if uri else None
+        self.tracking = None
+        if uri:
+            from vram_ml.agent.claims import ephemeral_identity, load_identity
+
+            try:
+                identity = load_identity(self.dir)
+            except OSError:  # an unwritable store: the spool will say so; never publish as it
+                identity = ephemeral_identity()
+            self.tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT, self.dir / "artifacts",
+                                     identity, self.dir / "tracking.lock")
         self.retry_s = retry_s
         self._down_until = 0.0
         self.tracking_error = ""
 
     def record(self, sample: Sample) -> Recorded:
-        """Spool first (durable), then MLflow if it answers; never raises for MLflow."""
+        """Spool first (durable), then MLflow if it answers; never raises for MLflow.
+
+        Raises:
+            SpoolError: the spool cannot be written (nothing is logged to MLflow either).
+        """
         new = self.spool.append(sample)
         return Recorded(new, *self._log(sample))
+
+    def record_many(self, samples: list[Sample]) -> list[Recorded]:
+        """`record` for many samples, spooled all together first (all or none)."""
+        before = self.spool.keys()
+        self.spool.append_many(samples)
+        recorded, seen = [], set()
+        for sample in samples:
+            new = sample.sample_key not in before and sample.sample_key not in seen
+            seen.add(sample.sample_key)
+            recorded.append(Recorded(new, *self._log(sample)))
+        return recorded
 
     def _tracking_up(self) -> bool:
         return self.tracking is not None and time.monotonic() >= self._down_until
 
-    def _log(self, sample: Sample) -> tuple[str, str]:
+    def _down(self, error: Exception) -> None:
+        self._down_until = time.monotonic() + self.retry_s
+        self.tracking_error = str(error)
+
+    def _log(self, sample: Sample) -> tuple[str, str, str]:
         from vram_ml.agent.tracking import TrackingUnavailable
 
         if not self._tracking_up():
-            return "", self.tracking_error
+            return "", self.tracking_error, ""
         try:
-            run_id = self.tracking.log(sample)
+            published = self.tracking.log(sample)
         except TrackingUnavailable as error:
-            self._down_until = time.monotonic() + self.retry_s
-            self.tracking_error = str(error)
-            return "", self.tracking_error
+            self._down(error)
+            return "", self.tracking_error, ""
         self.tracking_error = ""
-        return run_id, ""
+        return published.run_id, "", published.outcome
 
-    def sync(self) -> dict[str, int]:
-        """Replay the spool into MLflow: every sample without a finished run is logged.
+    def claim(self, sample_key: str, lease_s: float):
+        """Claim a sample_key on the tracking server before measuring it (agent/claims.py).
 
         Returns:
-            {"spooled", "already", "logged"} counts.
+            The Claim (won or not), or None when there is nobody to ask (spool only, or MLflow
+            down): then measure unclaimed; publishing still stores the sample at most once.
+        """
+        from vram_ml.agent.tracking import TrackingUnavailable
+
+        if not self._tracking_up():
+            return None
+        try:
+            return self.tracking.claim(sample_key, lease_s)
+        except TrackingUnavailable as error:
+            self._down(error)
+            return None
+
+    def release(self, won) -> None:
+        """Release a won claim (best effort: an unreleased claim runs out with its lease)."""
+        from vram_ml.agent.tracking import TrackingUnavailable
+
+        if won is None or not won.won or not self._tracking_up():
+            return
+        try:
+            self.tracking.release(won)
+        except TrackingUnavailable as error:
+            self._down(error)
+
+    def sync(self) -> dict[str, int]:
+        """Replay the spool into MLflow: every sample without a finished run is published.
+
+        Returns:
+            {"spooled", "already", "logged", "elsewhere" (owned by another agent that has not
+            finished logging it), "corrupt_lines"} counts.
 
         Raises:
             TrackingUnavailable: MLflow disabled, not installed or not answering.
@@ -248,19 +170,22 @@ class SampleStore:
 
         if self.tracking is None:
             raise TrackingUnavailable("MLflow disabled: nothing to sync to")
-        samples = self.spool.samples()
+        scan = self.spool.scan()
+        outcomes: Counter[str] = Counter()
         try:
             logged = self.tracking.logged_keys()
-            missing = [sample for sample in samples if sample.sample_key not in logged]
+            missing = [sample for sample in scan.samples if sample.sample_key not in logged]
             for sample in missing:
-                self.tracking.log(sample)
+                outcomes[self.tracking.log(sample).outcome] += 1
+            self.tracking.release_leftovers()
         except TrackingUnavailable as error:
-            self._down_until = time.monotonic() + self.retry_s
-            self.tracking_error = str(error)
+            self._down(error)
             raise
         self._down_until, self.tracking_error = 0.0, ""
-        return {"spooled": len(samples), "already": len(samples) - len(missing),
-                "logged": len(missing)}
+        return {"spooled": len(scan.samples),
+                "already": len(scan.samples) - len(missing) + outcomes["present"],
+                "logged": outcomes["logged"], "elsewhere": outcomes["elsewhere"],
+                "corrupt_lines": scan.corrupt_lines}
 
     def measured(self, include_tracking: bool = True) -> list[tuple[str, str, str]]:
         """(spec_id, backend, device_name) of every sample in the spool and, if it answers,
@@ -276,9 +201,8 @@ class SampleStore:
                     done.add((tags.get("spec_id", ""), tags.get("backend", ""),
                               tags.get("device_name", "")))
             except TrackingUnavailable as error:
-                self.tracking_error = str(error)
+                self._down(error)
         return sorted(done)
-
 
 
 def store_status(store: SampleStore) -> dict:

@@ -30,7 +30,6 @@ from vram_ml.agent.environment import (
     host_name,
     library_versions,
 )
-
 from vram_ml.sample import Measurement, Provenance, Sample, SampleError
 from vram_ml.spec import Spec
 

@@ -94,15 +94,17 @@ def agent_run(
     """Measure specs (space.yaml or --plan) in child processes, one per spare GPU; spool + MLflow.
 
     Ctrl-C / SIGTERM once: finish running samples and stop; twice: abort them (they stay planned).
-    Restarting resumes: specs already in the store are skipped.
+    Restarting resumes: specs already in the store are skipped. Agents on many machines that share
+    one tracking server (--tracking-uri http://HOST:PORT) claim each spec there first: none is
+    measured by two of them, none stored twice.
 
-    Example: vram-ml agent run --gpus auto --budget 30m
+    Example: vram-ml agent run --gpus auto --budget 30m --tracking-uri http://mlflow.lab:5000
     """
     from vram_ml.agent.gpu_pool import PoolError
     from vram_ml.agent.planner import PlanError
     from vram_ml.agent.progress import AgentProgress
     from vram_ml.agent.runner import AgentOptions, run_agent
-    from vram_ml.agent.store import default_store_dir
+    from vram_ml.agent.store import SpoolError, default_store_dir
 
     if backend not in ("cuda", "cpu"):
         raise fail(f"backend: expected cuda or cpu (got {backend!r})")
@@ -119,18 +121,29 @@ def agent_run(
         )
         with AgentProgress() as progress:
             summary = run_agent(options, progress)  # progress on stderr, --json on stdout
+    except SpoolError as error:
+        raise fail(str(error), code=1) from None
     except (ValueError, PoolError, PlanError) as error:
         raise fail(str(error)) from None
     if as_json:
         _print_json(summary.to_dict())
-        return
+    else:
+        _print_run_summary(summary)
+    if summary.spool_error:
+        raise fail(f"{summary.spool_error}; stopped (the specs not stored stay planned)", code=1)
+
+
+def _print_run_summary(summary) -> None:
     from vram_ml.display import console
 
     status = summary.status
+    left = summary.planned - summary.started - summary.claimed_elsewhere
+    elsewhere = f", {summary.claimed_elsewhere} taken by other agents" \
+        if summary.claimed_elsewhere else ""
     console.print(
         f"{summary.stored} new sample(s) (ok {status['ok']}, oom {status['oom']}, error "
-        f"{status['error']}), {summary.aborted} aborted, {summary.planned - summary.started} left "
-        f"in the plan; {summary.seconds:.0f}s; stopped: {summary.stop_reason}")
+        f"{status['error']}), {summary.aborted} aborted, {left} left in the plan{elsewhere}; "
+        f"{summary.seconds:.0f}s; stopped: {summary.stop_reason}")
     if summary.tracking_error:
         console.print(f"[yellow]MLflow: {summary.tracking_error} — samples are in the spool; "
                       "`vram-ml agent sync` replays them[/]")
@@ -188,8 +201,12 @@ def agent_sync(store: StoreOption = None, tracking_uri: TrackingOption = None,
     if as_json:
         _print_json(result)
         return
-    typer.echo(f"{result['logged']} sample(s) logged, {result['already']} already in MLflow "
-               f"({result['spooled']} in the spool)")
+    elsewhere = f", {result['elsewhere']} being logged by another agent" \
+        if result["elsewhere"] else ""
+    typer.echo(f"{result['logged']} sample(s) logged, {result['already']} already in MLflow"
+               f"{elsewhere} ({result['spooled']} in the spool)")
+    if result["corrupt_lines"]:
+        typer.echo(f"warning: {result['corrupt_lines']} corrupt spool line(s) skipped", err=True)
 
 
 @dataset_app.command("export")
@@ -278,12 +295,13 @@ def dataset_import(
     Example: vram-ml dataset import samples.jsonl
     """
     from vram_ml.agent.dataset import DatasetError, import_dataset
+    from vram_ml.agent.store import SpoolError
 
     backends = ("cuda", *(include_backend or ()))
     try:
         result = import_dataset(file, _store(store, tracking_uri, no_mlflow, experiment), output,
                                 backends)
-    except DatasetError as error:
+    except (DatasetError, SpoolError) as error:
         raise fail(str(error), code=1) from None
     if as_json:
         _print_json(result)

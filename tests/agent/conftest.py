@@ -1,14 +1,34 @@
 """Fixtures for the agent's tests: tiny specs (catalog models scaled down to 2 layers, hidden 64,
-vocab 1000: real modules that train on the CPU in about a second), plan files, and the child's
-test hook (`VRAM_ML_AGENT_TEST_HOOK`, see agent/child.py: oom | error | sleep:S | exit:N | stub)."""
+vocab 1000: real modules that train on the CPU in about a second), plan files, the child's
+test hook (`VRAM_ML_AGENT_TEST_HOOK`, see agent/child.py: oom | error | sleep:S | exit:N | stub),
+and a real shared tracking server: `tracking_server` starts PostgreSQL + `mlflow server`
+(scripts/tracking_server.sh) once per session on free loopback ports and always stops it.
+
+Without PostgreSQL (/usr/lib/postgresql/*/bin) the tests that need the server fail with a clear
+message (.ci/run installs it); VRAM_ML_TESTS_WITHOUT_POSTGRES=1 skips them instead.
+
+The fault and multi-agent tests add a line to a summary printed at the end of the run (no -s
+needed): faults injected, samples expected, samples stored, duplicates.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+ROOT = Path(__file__).parents[2]
+FIGURES = pytest.StashKey[list]()
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}
@@ -78,3 +98,210 @@ def make_sample():
                                 peft_version="0.21.2", bitsandbytes_version="0.50.2")
         return Sample(build_spec(**spec_fields), measurement, provenance)
     return make
+
+
+# --- the shared tracking server -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class TrackingServer:
+    """PostgreSQL + `mlflow server` started by scripts/tracking_server.sh in `directory`."""
+
+    directory: Path
+    pg_port: int
+    mlflow_port: int
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def _script(self, command: str, *ports: int) -> None:
+        env = {**os.environ, "VRAM_ML_TRACKING_WORKERS": "1",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        done = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "tracking_server.sh"), command, str(self.directory),
+             *map(str, ports)], capture_output=True, text=True, env=env, timeout=180)
+        if done.returncode != 0:
+            log = self.directory / "mlflow.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"tracking_server.sh {command}: {done.stderr.strip()}\n{tail}")
+
+    def start(self) -> None:
+        self._script("start", self.pg_port, self.mlflow_port)
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def experiment(self) -> str:
+        """A fresh experiment name: each test sees only its own samples and claims."""
+        return f"vram-ml-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def tracking_server():
+    """The shared tracking server for this test session (stopped at the end, always)."""
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        message = ("PostgreSQL server binaries not found under /usr/lib/postgresql: install them "
+                   "(apt-get install -y postgresql; .ci/run does) to run the shared tracking "
+                   "server tests, or set VRAM_ML_TESTS_WITHOUT_POSTGRES=1 to skip them")
+        if os.environ.get("VRAM_ML_TESTS_WITHOUT_POSTGRES") == "1":
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
+    # Not under pytest's private tmp folder: user postgres must be able to reach it.
+    directory = Path(tempfile.mkdtemp(prefix="vram-ml-tracking-"))
+    server = TrackingServer(directory, free_port(), free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- the summary figure ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def figure(request):
+    """figure(scenario, faults=, expected=, stored=, duplicates=, **more): one summary line."""
+    def add(scenario: str, faults: int, expected: int, stored: int, duplicates: int,
+            **more: object) -> None:
+        request.config.stash.setdefault(FIGURES, []).append(
+            {"scenario": scenario, "faults": faults, "expected": expected, "stored": stored,
+             "duplicates": duplicates, **more})
+    return add
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = config.stash.get(FIGURES, [])
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("agents: faults and exactly-once")
+    write(f"{'scenario':44} {'faults':>6} {'expected':>8} {'stored':>6} {'dupl.':>5}  more")
+    for row in rows:
+        more = ", ".join(f"{k} {v}" for k, v in row.items()
+                         if k not in ("scenario", "faults", "expected", "stored", "duplicates"))
+        write(f"{row['scenario'][:44]:44} {row['faults']:>6} {row['expected']:>8} "
+              f"{row['stored']:>6} {row['duplicates']:>5}  {more}")
+    total = {key: sum(row[key] for row in rows)
+             for key in ("faults", "expected", "stored", "duplicates")}
+    write(f"{'total':44} {total['faults']:>6} {total['expected']:>8} {total['stored']:>6} "
+          f"{total['duplicates']:>5}")
+
+
+# --- agents against the server ------------------------------------------------------------------
+
+
+class Agents:
+    """Starts `vram-ml agent run --backend cpu` processes and reads what they stored."""
+
+    def __init__(self, server: TrackingServer | None, directory: Path):
+        self.server = server
+        self.directory = directory
+        self.experiment = server.experiment() if server else ""
+
+    def start(self, store: Path, plan: Path, hooks: dict[str, str], *extra: str,
+              mlflow: bool = True, **popen: object) -> subprocess.Popen:
+        """One agent process; its --json summary on stdout, its progress in <store>.log."""
+        env = {**os.environ, "VRAM_ML_AGENT_TEST_HOOK": json.dumps(hooks),
+               "VRAM_ML_AGENT_PRELOAD": "0"}
+        tracking = ["--tracking-uri", self.server.uri, "--experiment", self.experiment] \
+            if mlflow and self.server else ["--no-mlflow"]
+        log = open(f"{store}.log", "a")  # noqa: SIM115 - the child holds it; closed with it
+        return subprocess.Popen(
+            [sys.executable, "-m", "vram_ml.cli", "agent", "run", "--backend", "cpu", "--plan",
+             str(plan), "--store", str(store), "--json", *tracking, *extra],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env, **popen)
+
+    @staticmethod
+    def finish(agent: subprocess.Popen, timeout_s: float = 180) -> tuple[int, dict]:
+        """Wait for an agent; (exit code, its --json summary or {})."""
+        output = agent.communicate(timeout=timeout_s)[0]
+        try:
+            return agent.returncode, json.loads(output)
+        except json.JSONDecodeError:
+            return agent.returncode, {}
+
+    def cli(self, *args: str, mlflow: bool = True) -> tuple[int, str]:
+        """`vram-ml ARGS` in this process (against the server unless mlflow=False)."""
+        from typer.testing import CliRunner
+
+        from vram_ml.cli import app
+
+        tracking = ["--tracking-uri", self.server.uri, "--experiment", self.experiment] \
+            if mlflow and self.server else []
+        result = CliRunner().invoke(app, [*args, *tracking])
+        return result.exit_code, result.output
+
+    def exported(self) -> dict[str, int]:
+        """spec_id -> rows in `dataset export --source mlflow --include-backend cpu`, from a
+        fresh store (so only what the tracking server holds counts)."""
+        import csv
+        from collections import Counter
+
+        output = self.directory / f"export-{uuid.uuid4().hex[:6]}" / "samples.csv"
+        code, text = self.cli("dataset", "export", "--source", "mlflow", "--include-backend",
+                              "cpu", "--output", str(output), "--store",
+                              str(self.directory / f"fresh-{uuid.uuid4().hex[:6]}"), "--json")
+        assert code == 0, text
+        with open(output) as handle:
+            return dict(Counter(row["spec_id"] for row in csv.DictReader(handle)))
+
+    def server_state(self) -> dict[str, object]:
+        """Finished runs per sample_key, unfinished runs, and claims/markers still active."""
+        from collections import Counter
+
+        from mlflow.entities import ViewType
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.server.uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        runs = client.search_runs([experiment.experiment_id], "", ViewType.ACTIVE_ONLY, 5000)
+        active = client.search_experiments(ViewType.ACTIVE_ONLY,
+                                           filter_string=f"name LIKE '{self.experiment}/%'")
+        return {"finished": Counter(run.data.tags["sample_key"] for run in runs
+                                    if run.info.status == "FINISHED"),
+                "unfinished": sum(run.info.status != "FINISHED" for run in runs),
+                "active_claims": sorted(e.name for e in active)}
+
+
+@pytest.fixture
+def agents(tracking_server, tmp_path) -> Agents:
+    """Agents against the session's tracking server, in a fresh experiment."""
+    return Agents(tracking_server, tmp_path)
+
+
+@pytest.fixture
+def lone_agents(tmp_path) -> Agents:
+    """Agents with the spool only (no tracking server needed)."""
+    return Agents(None, tmp_path)
+
+
+def running_pid(store: Path, spec_id: str, timeout_s: float = 60) -> int:
+    """Wait until the agent on `store` measures `spec_id`; the child's pid."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            for slot in json.loads((store / "running.json").read_text())["slots"].values():
+                if slot["spec_id"] == spec_id:
+                    return slot["pid"]
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{spec_id} never started on {store}")
+
+
+@pytest.fixture
+def wait_running():
+    return running_pid

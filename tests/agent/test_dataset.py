@@ -6,6 +6,7 @@ import json
 
 import pytest
 from typer.testing import CliRunner
+
 from vram_ml.agent.datacard import COLUMN_DOCS
 from vram_ml.agent.dataset import (
     DatasetError,
@@ -17,7 +18,6 @@ from vram_ml.agent.dataset import (
     write_samples,
 )
 from vram_ml.agent.store import Spool
-
 from vram_ml.cli import app
 from vram_ml.sample import COLUMNS, sample_to_row
 

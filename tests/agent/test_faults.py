@@ -19,9 +19,10 @@ from collections import Counter
 from pathlib import Path
 
 from typer.testing import CliRunner
+
 from vram_ml.agent.runner import AgentOptions, run_agent
 from vram_ml.agent.store import SampleStore, Spool
-
+from vram_ml.agent.tracking import sample_to_run
 from vram_ml.cli import app
 from vram_ml.spec import build_spec
 
@@ -169,12 +170,12 @@ def test_mlflow_unreachable_then_back(tmp_path, many_tiny_specs, write_plan, hoo
     store_object = SampleStore(store, f"sqlite:///{later}/mlflow.db")
     store_object.tracking.check()
     crashed = store_object.tracking._client.create_run(  # a crash mid-logging: unfinished run
-        store_object.tracking._experiment_id,
-        tags={"sample_key": Spool(store).samples()[0].sample_key, "vram_ml.schema": "1"})
+        store_object.tracking._experiment_id,  # (created with the tags a sample's run starts with)
+        tags=sample_to_run(Spool(store).samples()[0])[2])
     first = json.loads(runner.invoke(app, ["agent", "sync", "--json", *common]).stdout)
-    assert first == {"spooled": 3, "already": 0, "logged": 3}
+    assert first == {"spooled": 3, "already": 0, "logged": 3, "elsewhere": 0, "corrupt_lines": 0}
     second = json.loads(runner.invoke(app, ["agent", "sync", "--json", *common]).stdout)
-    assert second == {"spooled": 3, "already": 3, "logged": 0}
+    assert second == {"spooled": 3, "already": 3, "logged": 0, "elsewhere": 0, "corrupt_lines": 0}
     again = json.loads(runner.invoke(app, ["agent", "run", "--backend", "cpu", "--plan",
                                            str(plan), "--json", *common]).stdout)
     assert again["planned"] == 0
@@ -190,7 +191,6 @@ def test_unreachable_server_fails_fast_and_is_not_retried_per_sample(tmp_path, m
     import socket
 
     from vram_ml.agent.worker import Slot, provenance
-
     from vram_ml.sample import Measurement, Sample
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from vram_ml.agent.worker import Slot, measure_isolated
 
+from vram_ml.agent.worker import Slot, measure_isolated
 from vram_ml.spec import build_spec
 
 pytestmark = pytest.mark.gpu

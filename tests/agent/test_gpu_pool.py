@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
+
 from vram_ml.agent import environment
 from vram_ml.agent.gpu_pool import GpuPool, PoolError, parse_gpus
-
 from vram_ml.cli import app
 from vram_ml.cli_agent import parse_duration
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from vram_ml.agent.planner import (
     PlanError,
     draw_candidates,
@@ -15,7 +16,6 @@ from vram_ml.agent.planner import (
     read_plan_file,
     rough_peak_bytes,
 )
-
 from vram_ml.spec import SpecError, build_spec
 
 GIB = 2**30

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from vram_ml.agent.recipe import measure
 
+from vram_ml.agent.recipe import measure
 from vram_ml.spec import build_spec
 
 
@@ -64,6 +64,7 @@ class FakeCuda:
 @pytest.mark.parametrize("fail", ["", "oom", "setup-oom"])
 def test_cuda_bookkeeping_with_a_fake_device(monkeypatch, tiny_specs, fail):
     import torch
+
     from vram_ml.agent import recipe
     from vram_ml.model import training_setup
 

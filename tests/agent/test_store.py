@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from vram_ml.agent.store import SampleStore, Spool, row_key, store_status
 
+from vram_ml.agent.store import SampleStore, Spool, row_key, store_status
 from vram_ml.sample import Sample
 
 

@@ -7,7 +7,6 @@ import threading
 import time
 
 from vram_ml.agent.worker import Children, Slot, measure_isolated
-
 from vram_ml.spec import build_spec
 
 
