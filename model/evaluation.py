@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from vram_ml.model.dataset_io import TrainingSet
 from vram_ml.model.estimate import Estimate
 

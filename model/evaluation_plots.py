@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vram_ml.model.evaluation import Evaluation
 
 GIB = 1024**3

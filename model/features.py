@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from vram_ml.model.learned import LearnedEstimator
 
+from vram_ml.model.learned import LearnedEstimator
 from vram_ml.spec import Spec, SpecError, build_spec
 
 MAX_BATCH = 1024

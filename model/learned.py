@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from vram_ml.model.estimate import Estimate, gib
 from vram_ml.model.features import FEATURE_NAMES, analytical_estimates, feature_matrix
 from vram_ml.model.tree_eval import TreeEnsemble

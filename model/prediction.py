@@ -19,7 +19,6 @@ from typing import Any
 
 from vram_ml.model.estimate import GIB, Estimate
 from vram_ml.model.learned import FALLBACK_NOTE, LearnedEstimator
-
 from vram_ml.spec import Spec
 
 # Common cards, by their nominal memory ("24 GB" cards have 24 GiB: RTX 3090/4090, A10G 24 GiB;

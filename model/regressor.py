@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
+
 from vram_ml.model.features import BASE_COLUMN, FEATURE_NAMES, feature_matrix
 
 

@@ -23,9 +23,9 @@ import math
 from functools import cache
 
 import numpy as np
+
 from vram_ml.model.dataset_io import TrainingSet
 from vram_ml.model.features import analytical_estimates
-
 from vram_ml.model_source import load_catalog
 from vram_ml.spec import Spec, SpecError, build_spec
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vram_ml.model.dataset_io import TrainingSet
 from vram_ml.model.features import BASE_FEATURE, FEATURE_NAMES, feature_matrix
 from vram_ml.model.learned import ARTIFACT_FORMAT, BUNDLED_DIR
@@ -176,7 +177,6 @@ def artifact_metadata(
     data: TrainingSet, params: TrainParams, metrics: dict[str, Any], sources: list[str] | None
 ) -> dict[str, Any]:
     from vram_ml.model.features import analytical_estimates
-
     from vram_ml.spec import build_spec
 
     probes = analytical_estimates([build_spec(**fields) for fields in PROBE_SPECS])
@@ -233,6 +233,7 @@ def log_training(
 ) -> tuple[str, str | None]:
     """One MLflow run: params, metrics, data hash, the artifact folder, the registered model."""
     import mlflow.xgboost
+
     from vram_ml.model.mlflow_io import flat_metrics, start_run
 
     with start_run(tracking_uri, EXPERIMENT) as run:

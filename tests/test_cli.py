@@ -54,11 +54,28 @@ def test_estimate_json_from_yaml_and_flags_agree(assets):
     for estimate in payload["estimates"]:
         assert estimate["peak_vram_bytes"] > 2**30
         assert estimate["breakdown"]["weights"] > 0
-    from_flags = runner.invoke(app, [
-        "estimate", "--model", "meta-llama/Meta-Llama-3-8B-Instruct", "--lora-rank", "8",
-        "--lora-target", "q_proj,v_proj", "--batch-size", "2", "--seq-len", "1024",
-        "--precision", "bf16", "--attention", "sdpa", "--no-gradient-checkpointing", "--json",
-    ])
+    from_flags = runner.invoke(
+        app,
+        [
+            "estimate",
+            "--model",
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+            "--lora-rank",
+            "8",
+            "--lora-target",
+            "q_proj,v_proj",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "1024",
+            "--precision",
+            "bf16",
+            "--attention",
+            "sdpa",
+            "--no-gradient-checkpointing",
+            "--json",
+        ],
+    )
     assert from_flags.exit_code == 0, from_flags.output
     assert json.loads(from_flags.output)["spec_id"] == payload["spec_id"]
 
@@ -74,7 +91,15 @@ def test_estimate_table_echoes_assumptions():
     [
         ["estimate", "--model", "nobody/nothing"],
         ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--lora-rank", "0"],
-        ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--method", "qlora", "--quant-bits", "3"],
+        [
+            "estimate",
+            "--model",
+            "meta-llama/Meta-Llama-3-8B",
+            "--method",
+            "qlora",
+            "--quant-bits",
+            "3",
+        ],
         ["estimate", "--config", "/no/such/train.yaml"],
         ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--override", "num_hidden_layers"],
         ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--estimators", "oracle"],
@@ -83,7 +108,10 @@ def test_estimate_table_echoes_assumptions():
 )
 def test_bad_input_exits_nonzero_with_one_line(args):
     result = subprocess.run(
-        [sys.executable, "-m", "vram_ml.cli", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "vram_ml.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode != 0
@@ -97,10 +125,14 @@ def test_estimate_does_not_import_torch():
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from vram_ml.cli import app\n"
-        "r = CliRunner().invoke(app, ['estimate', '--model', 'meta-llama/Meta-Llama-3-8B', '--json'])\n"
+        "args = ['estimate', '--model', 'meta-llama/Meta-Llama-3-8B', '--json']\n"
+        "r = CliRunner().invoke(app, args)\n"
         "assert r.exit_code == 0, r.output\n"
-        "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'xgboost', 'sklearn') if m in sys.modules]\n"
+        "names = ('torch', 'transformers', 'mlflow', 'xgboost', 'sklearn')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr

@@ -23,8 +23,12 @@ FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCh
 SLOW = settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10**7), st.floats(allow_nan=True),
-    st.text(max_size=12), st.lists(st.text(string.ascii_lowercase + "_", max_size=8), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**7),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.text(string.ascii_lowercase + "_", max_size=8), max_size=3),
 )
 field_values = {
     "method": st.sampled_from(["full", "freeze", "lora", "qlora", "dpo", ""]),
@@ -41,7 +45,9 @@ field_values = {
     "zero_stage": st.integers(-1, 4),
     "images_per_sample": st.integers(-1, 3),
     "model_overrides": st.dictionaries(
-        st.sampled_from(["num_hidden_layers", "hidden_size", "nope"]), st.integers(-2, 64), max_size=2
+        st.sampled_from(["num_hidden_layers", "hidden_size", "nope"]),
+        st.integers(-2, 64),
+        max_size=2,
     ),
 }
 spec_fields = st.fixed_dictionaries({}, optional={**field_values, "junk_field": junk})
@@ -72,13 +78,33 @@ def test_fuzz_spec_slow(fields):
     _check_spec(fields)
 
 
-yaml_keys = st.sampled_from([
-    "finetuning_type", "lora_rank", "lora_target", "quantization_bit", "quantization_type",
-    "double_quantization", "per_device_train_batch_size", "cutoff_len", "bf16", "fp16",
-    "pure_bf16", "flash_attn", "disable_gradient_checkpointing", "enable_liger_kernel", "optim",
-    "deepspeed", "image_max_pixels", "learning_rate", "whatever", "num_gpus",
-])
-yaml_docs = st.dictionaries(yaml_keys, junk, max_size=8).map(lambda d: {"model_name_or_path": MODEL, **d})
+yaml_keys = st.sampled_from(
+    [
+        "finetuning_type",
+        "lora_rank",
+        "lora_target",
+        "quantization_bit",
+        "quantization_type",
+        "double_quantization",
+        "per_device_train_batch_size",
+        "cutoff_len",
+        "bf16",
+        "fp16",
+        "pure_bf16",
+        "flash_attn",
+        "disable_gradient_checkpointing",
+        "enable_liger_kernel",
+        "optim",
+        "deepspeed",
+        "image_max_pixels",
+        "learning_rate",
+        "whatever",
+        "num_gpus",
+    ]
+)
+yaml_docs = st.dictionaries(yaml_keys, junk, max_size=8).map(
+    lambda d: {"model_name_or_path": MODEL, **d}
+)
 
 
 def _check_yaml(raw):
@@ -103,8 +129,15 @@ def test_fuzz_llamafactory_yaml_slow(raw):
 
 
 rows = st.dictionaries(st.sampled_from(COLUMNS), junk, max_size=12).map(
-    lambda d: {"model": MODEL, "status": "ok", "backend": "cuda", "agent_version": "0",
-               "created_at": "2026-01-01T00:00:00Z", "peak_vram_bytes": 1, **d}
+    lambda d: {
+        "model": MODEL,
+        "status": "ok",
+        "backend": "cuda",
+        "agent_version": "0",
+        "created_at": "2026-01-01T00:00:00Z",
+        "peak_vram_bytes": 1,
+        **d,
+    }
 )
 
 
@@ -129,10 +162,22 @@ def test_fuzz_dataset_rows_slow(row):
 
 
 flags = st.lists(
-    st.sampled_from([
-        "--batch-size", "--seq-len", "--lora-rank", "--method", "--quant-bits", "--precision",
-        "--attention", "--optimizer", "--num-gpus", "--zero-stage", "--override", "--lora-target",
-    ]).flatmap(lambda flag: st.tuples(st.just(flag), st.text(string.printable.strip(), max_size=6))),
+    st.sampled_from(
+        [
+            "--batch-size",
+            "--seq-len",
+            "--lora-rank",
+            "--method",
+            "--quant-bits",
+            "--precision",
+            "--attention",
+            "--optimizer",
+            "--num-gpus",
+            "--zero-stage",
+            "--override",
+            "--lora-target",
+        ]
+    ).flatmap(lambda flag: st.tuples(st.just(flag), st.text(string.printable.strip(), max_size=6))),
     max_size=4,
 )
 
@@ -140,7 +185,9 @@ flags = st.lists(
 def _check_cli(pairs):
     args = ["estimate", "--model", MODEL, "--json"] + [part for pair in pairs for part in pair]
     result = CliRunner().invoke(app, args)
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     assert result.exit_code in (0, 2)
 
 

@@ -11,8 +11,7 @@ from vram_ml.model_source import ModelSourceError, read_config_file, resolve_mod
 
 ROOT = Path(__file__).parents[1]
 SOURCES = [
-    p for folder in ("vram_ml", "agent", "model", "scripts")
-    for p in (ROOT / folder).rglob("*.py")
+    p for folder in ("vram_ml", "agent", "model", "scripts") for p in (ROOT / folder).rglob("*.py")
 ]
 
 
@@ -29,7 +28,10 @@ def _code(path: Path) -> str:
         (r"trust_remote_code\s*=\s*True", "remote code"),
         (r"\beval\(|\bexec\(", "eval/exec"),
         (r"torch\.load\((?![^)]*weights_only\s*=\s*True)", "torch.load without weights_only"),
-        (r"mlflow\.\w+\.load_model|mlflow\.pyfunc\.load_model", "pickle-backed MLflow model loading"),
+        (
+            r"mlflow\.\w+\.load_model|mlflow\.pyfunc\.load_model",
+            "pickle-backed MLflow model loading",
+        ),
     ],
 )
 def test_no_unsafe_calls_in_code(pattern, why):
@@ -45,7 +47,9 @@ def test_committed_artifacts_are_not_pickles():
                 assert not path.read_bytes()[:2] == b"\x80\x04", f"{path} looks like a pickle"
 
 
-@pytest.mark.parametrize("source", ["/etc/passwd", "/etc/hostname", "../../../etc/passwd", "/proc/self/environ"])
+@pytest.mark.parametrize(
+    "source", ["/etc/passwd", "/etc/hostname", "../../../etc/passwd", "/proc/self/environ"]
+)
 def test_a_model_path_cannot_read_arbitrary_files(source):
     with pytest.raises(ModelSourceError) as error:
         resolve_model(source)

@@ -55,30 +55,89 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 # name -> (annotation, Spec field). Typer reads these; None means "not given".
 _OPTIONS: dict[str, tuple[Any, str | None]] = {
     "config": (Annotated[Path | None, typer.Option(help="LLaMA-Factory training YAML.")], None),
-    "model": (Annotated[str | None, typer.Option(help="Catalog id, HF id or config.json path.")], "model"),
+    "model": (
+        Annotated[str | None, typer.Option(help="Catalog id, HF id or config.json path.")],
+        "model",
+    ),
     "method": (Annotated[str | None, typer.Option(help="full | freeze | lora | qlora.")], "method"),
     "quant_bits": (Annotated[int | None, typer.Option(help="4 or 8 (qlora).")], "quant_bits"),
     "quant_type": (Annotated[str | None, typer.Option(help="nf4 | fp4.")], "quant_type"),
-    "double_quant": (Annotated[bool | None, typer.Option(help="Double quantization (qlora).")], "double_quant"),
+    "double_quant": (
+        Annotated[bool | None, typer.Option(help="Double quantization (qlora).")],
+        "double_quant",
+    ),
     "lora_rank": (Annotated[int | None, typer.Option(help="LoRA rank.")], "lora_rank"),
-    "lora_alpha": (Annotated[int | None, typer.Option(help="LoRA alpha (no memory effect).")], "lora_alpha"),
-    "lora_dropout": (Annotated[float | None, typer.Option(help="LoRA dropout (>0 keeps copies).")], "lora_dropout"),
-    "lora_target": (Annotated[str | None, typer.Option(help="all, or modules: q_proj,v_proj.")], "lora_target"),
-    "batch_size": (Annotated[int | None, typer.Option(help="Per-device batch size.")], "batch_size"),
-    "grad_accum": (Annotated[int | None, typer.Option(help="Gradient accumulation steps.")], "gradient_accumulation"),
-    "seq_len": (Annotated[int | None, typer.Option(help="Sequence length (cutoff_len).")], "seq_len"),
-    "precision": (Annotated[str | None, typer.Option(help="bf16 | fp16 | pure_bf16 | fp32 | no_amp.")], "precision"),
-    "gradient_checkpointing": (Annotated[bool | None, typer.Option(help="Gradient checkpointing.")], "gradient_checkpointing"),
-    "attention": (Annotated[str | None, typer.Option(help="eager | sdpa | flash_attention_2.")], "attention"),
-    "optimizer": (Annotated[str | None, typer.Option(help="adamw_torch | adamw_8bit | paged_adamw_8bit | sgd | adafactor ...")], "optimizer"),
+    "lora_alpha": (
+        Annotated[int | None, typer.Option(help="LoRA alpha (no memory effect).")],
+        "lora_alpha",
+    ),
+    "lora_dropout": (
+        Annotated[float | None, typer.Option(help="LoRA dropout (>0 keeps copies).")],
+        "lora_dropout",
+    ),
+    "lora_target": (
+        Annotated[str | None, typer.Option(help="all, or modules: q_proj,v_proj.")],
+        "lora_target",
+    ),
+    "batch_size": (
+        Annotated[int | None, typer.Option(help="Per-device batch size.")],
+        "batch_size",
+    ),
+    "grad_accum": (
+        Annotated[int | None, typer.Option(help="Gradient accumulation steps.")],
+        "gradient_accumulation",
+    ),
+    "seq_len": (
+        Annotated[int | None, typer.Option(help="Sequence length (cutoff_len).")],
+        "seq_len",
+    ),
+    "precision": (
+        Annotated[str | None, typer.Option(help="bf16 | fp16 | pure_bf16 | fp32 | no_amp.")],
+        "precision",
+    ),
+    "gradient_checkpointing": (
+        Annotated[bool | None, typer.Option(help="Gradient checkpointing.")],
+        "gradient_checkpointing",
+    ),
+    "attention": (
+        Annotated[str | None, typer.Option(help="eager | sdpa | flash_attention_2.")],
+        "attention",
+    ),
+    "optimizer": (
+        Annotated[
+            str | None,
+            typer.Option(help="adamw_torch | adamw_8bit | paged_adamw_8bit | sgd | adafactor ..."),
+        ],
+        "optimizer",
+    ),
     "liger_kernel": (Annotated[bool | None, typer.Option(help="Liger kernels.")], "liger_kernel"),
-    "images": (Annotated[int | None, typer.Option(help="Images per sample (VLMs).")], "images_per_sample"),
-    "image_resolution": (Annotated[int | None, typer.Option(help="Image side in pixels (VLMs).")], "image_resolution"),
-    "train_vision_tower": (Annotated[bool | None, typer.Option(help="Train the vision tower.")], "train_vision_tower"),
-    "train_projector": (Annotated[bool | None, typer.Option(help="Train the projector.")], "train_projector"),
+    "images": (
+        Annotated[int | None, typer.Option(help="Images per sample (VLMs).")],
+        "images_per_sample",
+    ),
+    "image_resolution": (
+        Annotated[int | None, typer.Option(help="Image side in pixels (VLMs).")],
+        "image_resolution",
+    ),
+    "train_vision_tower": (
+        Annotated[bool | None, typer.Option(help="Train the vision tower.")],
+        "train_vision_tower",
+    ),
+    "train_projector": (
+        Annotated[bool | None, typer.Option(help="Train the projector.")],
+        "train_projector",
+    ),
     "num_gpus": (Annotated[int | None, typer.Option(help="GPUs (data parallel).")], "num_gpus"),
-    "zero_stage": (Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")], "zero_stage"),
-    "override": (Annotated[list[str] | None, typer.Option(help="Model config override key=value (repeatable).")], None),
+    "zero_stage": (
+        Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")],
+        "zero_stage",
+    ),
+    "override": (
+        Annotated[
+            list[str] | None, typer.Option(help="Model config override key=value (repeatable).")
+        ],
+        None,
+    ),
 }
 
 
@@ -112,7 +171,12 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
         spec = build_spec(**fields)
         assumed = {k: v for k, (_, v) in LLAMAFACTORY_DEFAULTS.items() if k not in fields}
         if not spec.resolved_model.shape.is_multimodal:
-            for name in ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector"):
+            for name in (
+                "images_per_sample",
+                "image_resolution",
+                "train_vision_tower",
+                "train_projector",
+            ):
                 assumed.pop(name, None)
         return SpecInput(spec, "flags", assumed)
     return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
@@ -140,7 +204,8 @@ def with_spec_options(command):
     hints = typing.get_type_hints(command, include_extras=True)
     own = [
         p.replace(annotation=hints.get(p.name, p.annotation))
-        for p in signature.parameters.values() if p.name != "spec_input"
+        for p in signature.parameters.values()
+        if p.name != "spec_input"
     ]
     added = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)

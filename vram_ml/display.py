@@ -28,10 +28,15 @@ def echo_spec(spec_input: SpecInput) -> None:
     if spec_input.assumed:
         console.print("[dim]assumed: " + "; ".join(spec_input.assumed.values()) + "[/]")
     if spec_input.ignored:
-        console.print("[dim]ignored (no effect on memory): " + ", ".join(spec_input.ignored) + "[/]")
+        console.print(
+            "[dim]ignored (no effect on memory): " + ", ".join(spec_input.ignored) + "[/]"
+        )
     if spec_input.unmodelled:
-        console.print("[yellow]not modelled (memory effect not counted): "
-                      + ", ".join(spec_input.unmodelled) + "[/]")
+        console.print(
+            "[yellow]not modelled (memory effect not counted): "
+            + ", ".join(spec_input.unmodelled)
+            + "[/]"
+        )
     if spec_input.unknown:
         console.print("[yellow]unknown keys: " + ", ".join(spec_input.unknown) + "[/]")
 

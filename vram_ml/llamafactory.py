@@ -17,34 +17,118 @@ from vram_ml.defaults import LLAMAFACTORY_DEFAULTS
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # Keys LLaMA-Factory / transformers accept that do not change peak memory.
-IGNORED_KEYS = frozenset({
-    "stage", "do_train", "do_eval", "do_predict", "learning_rate", "num_train_epochs", "max_steps",
-    "warmup_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay", "adam_beta1",
-    "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "lora_alpha", "use_rslora",
-    "dataset", "eval_dataset", "dataset_dir", "template", "max_samples", "overwrite_cache",
-    "preprocessing_num_workers", "dataloader_num_workers", "output_dir", "logging_steps",
-    "save_steps", "save_strategy", "save_total_limit", "save_only_model", "plot_loss",
-    "overwrite_output_dir", "report_to", "run_name", "logging_dir", "ddp_timeout",
-    "resume_from_checkpoint", "val_size", "per_device_eval_batch_size", "eval_strategy",
-    "eval_steps", "trust_remote_code", "quantization_method", "flash_attn_version",
-    "lr_scheduler_kwargs", "push_to_hub", "hub_model_id", "tokenized_path", "streaming",
-    "buffer_size", "mix_strategy", "interleave_probs", "image_min_pixels", "video_max_pixels",
-    "video_min_pixels", "video_fps", "video_maxlen", "media_dir", "include_num_input_tokens_seen",
-    "use_reentrant_gc", "adapter_name_or_path", "export_dir", "finetuning_args", "cache_dir",
-    "hf_hub_token", "ms_hub_token", "om_hub_token", "print_param_status", "packing",
-    "neat_packing", "train_on_prompt", "mask_history", "use_fast_tokenizer", "split",
-})
+IGNORED_KEYS = frozenset(
+    {
+        "stage",
+        "do_train",
+        "do_eval",
+        "do_predict",
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_steps",
+        "warmup_ratio",
+        "lr_scheduler_type",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "seed",
+        "lora_alpha",
+        "use_rslora",
+        "dataset",
+        "eval_dataset",
+        "dataset_dir",
+        "template",
+        "max_samples",
+        "overwrite_cache",
+        "preprocessing_num_workers",
+        "dataloader_num_workers",
+        "output_dir",
+        "logging_steps",
+        "save_steps",
+        "save_strategy",
+        "save_total_limit",
+        "save_only_model",
+        "plot_loss",
+        "overwrite_output_dir",
+        "report_to",
+        "run_name",
+        "logging_dir",
+        "ddp_timeout",
+        "resume_from_checkpoint",
+        "val_size",
+        "per_device_eval_batch_size",
+        "eval_strategy",
+        "eval_steps",
+        "trust_remote_code",
+        "quantization_method",
+        "flash_attn_version",
+        "lr_scheduler_kwargs",
+        "push_to_hub",
+        "hub_model_id",
+        "tokenized_path",
+        "streaming",
+        "buffer_size",
+        "mix_strategy",
+        "interleave_probs",
+        "image_min_pixels",
+        "video_max_pixels",
+        "video_min_pixels",
+        "video_fps",
+        "video_maxlen",
+        "media_dir",
+        "include_num_input_tokens_seen",
+        "use_reentrant_gc",
+        "adapter_name_or_path",
+        "export_dir",
+        "finetuning_args",
+        "cache_dir",
+        "hf_hub_token",
+        "ms_hub_token",
+        "om_hub_token",
+        "print_param_status",
+        "packing",
+        "neat_packing",
+        "train_on_prompt",
+        "mask_history",
+        "use_fast_tokenizer",
+        "split",
+    }
+)
 
 # Keys that change memory in ways this version does not model: reported, never dropped silently.
-UNMODELLED_KEYS = frozenset({
-    "use_dora", "use_galore", "use_badam", "use_apollo", "use_unsloth", "pissa_init", "fsdp",
-    "additional_target", "upcast_layernorm", "upcast_lmhead_output", "rope_scaling", "shift_attn",
-    "freeze_language_model", "freeze_trainable_modules", "freeze_extra_modules", "torch_compile",
-    "video_max_pixels_train", "moe_aux_loss_coef",
-})
+UNMODELLED_KEYS = frozenset(
+    {
+        "use_dora",
+        "use_galore",
+        "use_badam",
+        "use_apollo",
+        "use_unsloth",
+        "pissa_init",
+        "fsdp",
+        "additional_target",
+        "upcast_layernorm",
+        "upcast_lmhead_output",
+        "rope_scaling",
+        "shift_attn",
+        "freeze_language_model",
+        "freeze_trainable_modules",
+        "freeze_extra_modules",
+        "torch_compile",
+        "video_max_pixels_train",
+        "moe_aux_loss_coef",
+    }
+)
 
-_FLASH_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "disabled": "eager", "fa2": "flash_attention_2",
-               "fa3": "flash_attention_2"}
+_FLASH_ATTN = {
+    "auto": "sdpa",
+    "sdpa": "sdpa",
+    "disabled": "eager",
+    "fa2": "flash_attention_2",
+    "fa3": "flash_attention_2",
+}
 DEEPSPEED_ASSUMED_GPUS = 8  # a YAML does not say how many GPUs; `num_gpus:` or --num-gpus does
 _FINETUNING = {"lora": "lora", "full": "full", "freeze": "freeze"}
 
@@ -60,7 +144,9 @@ class LlamaFactoryRead:
     unknown: list[str] = field(default_factory=list)
 
 
-def read_llamafactory_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> LlamaFactoryRead:
+def read_llamafactory_yaml(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> LlamaFactoryRead:
     """Read a LLaMA-Factory YAML; `overrides` (Spec fields, e.g. from CLI flags) win over the file.
 
     Raises:
@@ -82,13 +168,18 @@ def read_llamafactory_yaml(path: str | Path, overrides: dict[str, Any] | None = 
     return spec_from_llamafactory(raw, overrides)
 
 
-def spec_from_llamafactory(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> LlamaFactoryRead:
+def spec_from_llamafactory(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> LlamaFactoryRead:
     fields, consumed = _map_keys(raw)
     fields.update(overrides or {})
     ignored = sorted(key for key in raw if key in IGNORED_KEYS and key not in consumed)
-    unmodelled = sorted(key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False))
+    unmodelled = sorted(
+        key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)
+    )
     unknown = sorted(
-        str(key) for key in raw
+        str(key)
+        for key in raw
         if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
     )
     assumed = {
@@ -98,7 +189,12 @@ def spec_from_llamafactory(raw: dict[str, Any], overrides: dict[str, Any] | None
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
     if not spec.resolved_model.shape.is_multimodal:
-        for name in ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector"):
+        for name in (
+            "images_per_sample",
+            "image_resolution",
+            "train_vision_tower",
+            "train_projector",
+        ):
             assumed.pop(name, None)
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
 
@@ -116,11 +212,17 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         raise SpecError("config: model_name_or_path is required")
     fields["model"] = str(take("model_name_or_path"))
     direct = {
-        "lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-        "lora_target": "lora_target", "quantization_type": "quant_type",
-        "double_quantization": "double_quant", "per_device_train_batch_size": "batch_size",
-        "gradient_accumulation_steps": "gradient_accumulation", "cutoff_len": "seq_len",
-        "enable_liger_kernel": "liger_kernel", "optim": "optimizer",
+        "lora_rank": "lora_rank",
+        "lora_alpha": "lora_alpha",
+        "lora_dropout": "lora_dropout",
+        "lora_target": "lora_target",
+        "quantization_type": "quant_type",
+        "double_quantization": "double_quant",
+        "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "gradient_accumulation",
+        "cutoff_len": "seq_len",
+        "enable_liger_kernel": "liger_kernel",
+        "optim": "optimizer",
         "freeze_trainable_layers": "freeze_trainable_layers",
     }
     for key, name in direct.items():
@@ -134,7 +236,9 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     if bits is not None:
         fields["quant_bits"] = bits
         if fields["method"] != "lora":
-            raise SpecError("quantization_bit: LLaMA-Factory quantizes only for finetuning_type lora")
+            raise SpecError(
+                "quantization_bit: LLaMA-Factory quantizes only for finetuning_type lora"
+            )
         fields["method"] = "qlora"
     fields.update(_precision(raw, take))
     if "disable_gradient_checkpointing" in raw:
@@ -149,8 +253,10 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0:
             raise SpecError(f"image_max_pixels: must be a positive integer (got {pixels!r})")
         fields["image_resolution"] = math.isqrt(pixels)
-    for key, name in (("freeze_vision_tower", "train_vision_tower"),
-                      ("freeze_multi_modal_projector", "train_projector")):
+    for key, name in (
+        ("freeze_vision_tower", "train_vision_tower"),
+        ("freeze_multi_modal_projector", "train_projector"),
+    ):
         if key in raw:
             fields[name] = not bool(take(key))
     if "images_per_sample" in raw:  # not a LLaMA-Factory key: its data decides; ours to say
@@ -184,4 +290,6 @@ def _zero_stage(deepspeed: str) -> int:
     for stage in (3, 2, 1, 0):
         if f"z{stage}" in name or f"zero{stage}" in name or f"stage{stage}" in name:
             return stage
-    raise SpecError(f"deepspeed: cannot tell the ZeRO stage from {deepspeed!r} (name it ds_z2/ds_z3)")
+    raise SpecError(
+        f"deepspeed: cannot tell the ZeRO stage from {deepspeed!r} (name it ds_z2/ds_z3)"
+    )

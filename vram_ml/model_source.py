@@ -138,8 +138,12 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
 def _is_optional_numeric_key(key: str) -> bool:
     # Configs may omit these and rely on transformers' defaults; overriding them is still valid.
     return key in {
-        "head_dim", "num_key_value_heads", "intermediate_size", "num_hidden_layers",
-        "hidden_size", "num_attention_heads",
+        "head_dim",
+        "num_key_value_heads",
+        "intermediate_size",
+        "num_hidden_layers",
+        "hidden_size",
+        "num_attention_heads",
     }
 
 
@@ -171,7 +175,8 @@ def fetch_hub_config(model_id: str) -> dict[str, Any]:
     """Fetch a config from the Hugging Face hub with AutoConfig (no remote code)."""
     if model_id.count("/") != 1 or any(part in {"", ".", ".."} for part in model_id.split("/")):
         raise ModelSourceError(
-            f"model {model_id!r}: not in the catalog (see `vram-ml catalog`) and not an owner/name id"
+            f"model {model_id!r}: not in the catalog (see `vram-ml catalog`) "
+            "and not an owner/name id"
         )
     if not hub_reachable():
         raise ModelSourceError(
@@ -188,7 +193,9 @@ def fetch_hub_config(model_id: str) -> dict[str, Any]:
     try:
         config = AutoConfig.from_pretrained(model_id, trust_remote_code=False)
     except Exception as error:  # noqa: BLE001 - any hub failure becomes one line
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        reason = (
+            str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        )
         raise ModelSourceError(
             f"model {model_id!r}: not in the catalog and its config could not be fetched "
             f"(offline or unknown id: {reason})"

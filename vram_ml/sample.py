@@ -1,4 +1,4 @@
-"""Measurement, Provenance, Sample: what one micro-training observed, and the dataset row it becomes.
+"""Measurement, Provenance, Sample: what one micro-training observed, and its dataset row.
 
 This module is the schema both halves share: the agent writes samples, the learned model reads
 them (and `model` never imports `agent`). One flat row per sample: spec fields, measurement
@@ -73,8 +73,16 @@ class Provenance:
     @property
     def device_key(self) -> str:
         """Device + library versions: with spec_id, what makes a sample unique (replay dedup)."""
-        return "|".join((self.backend, self.device_name, self.torch_version,
-                         self.transformers_version, self.peft_version, self.bitsandbytes_version))
+        return "|".join(
+            (
+                self.backend,
+                self.device_name,
+                self.torch_version,
+                self.transformers_version,
+                self.peft_version,
+                self.bitsandbytes_version,
+            )
+        )
 
 
 @dataclass
@@ -156,11 +164,26 @@ def _clean(value: Any) -> Any:
     return value
 
 
-_INT_SPEC = {"lora_rank", "lora_alpha", "freeze_trainable_layers", "batch_size",
-             "gradient_accumulation", "seq_len", "images_per_sample", "image_resolution",
-             "num_gpus", "zero_stage", "quant_bits"}
-_BOOL_SPEC = {"double_quant", "gradient_checkpointing", "liger_kernel", "train_vision_tower",
-              "train_projector"}
+_INT_SPEC = {
+    "lora_rank",
+    "lora_alpha",
+    "freeze_trainable_layers",
+    "batch_size",
+    "gradient_accumulation",
+    "seq_len",
+    "images_per_sample",
+    "image_resolution",
+    "num_gpus",
+    "zero_stage",
+    "quant_bits",
+}
+_BOOL_SPEC = {
+    "double_quant",
+    "gradient_checkpointing",
+    "liger_kernel",
+    "train_vision_tower",
+    "train_projector",
+}
 
 
 def _coerce_spec(values: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,12 @@ from vram_ml.spec import SpecError, build_spec
 def test_qlora_yaml_maps_every_memory_key(assets):
     read = read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml")
     spec = read.spec
-    assert (spec.method, spec.quant_bits, spec.quant_type, spec.double_quant) == ("qlora", 4, "nf4", True)
+    assert (spec.method, spec.quant_bits, spec.quant_type, spec.double_quant) == (
+        "qlora",
+        4,
+        "nf4",
+        True,
+    )
     assert (spec.lora_rank, spec.lora_dropout, spec.batch_size, spec.seq_len) == (16, 0.05, 2, 1024)
     assert spec.precision == "bf16" and spec.gradient_accumulation == 8
     assert "learning_rate" in read.ignored and "trust_remote_code" in read.ignored
@@ -24,8 +29,14 @@ def test_qlora_yaml_maps_every_memory_key(assets):
 def test_yaml_and_flags_give_the_same_spec_id(assets):
     read = read_llamafactory_yaml(assets / "llamafactory_llama_lora_flags.yaml")
     flags = build_spec(
-        model="meta-llama/Meta-Llama-3-8B-Instruct", lora_rank=8, lora_target="q_proj,v_proj",
-        batch_size=2, seq_len=1024, precision="bf16", attention="sdpa", gradient_checkpointing=False,
+        model="meta-llama/Meta-Llama-3-8B-Instruct",
+        lora_rank=8,
+        lora_target="q_proj,v_proj",
+        batch_size=2,
+        seq_len=1024,
+        precision="bf16",
+        attention="sdpa",
+        gradient_checkpointing=False,
     )
     assert read.spec.spec_id == flags.spec_id
 
@@ -63,13 +74,26 @@ def test_single_keys(raw, expected):
         ("model_name_or_path: [unclosed", "not valid YAML"),
         ("- just\n- a list\n", "mapping"),
         ("finetuning_type: lora\n", "model_name_or_path"),
-        ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: oft\n", "finetuning_type"),
+        (
+            "model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: oft\n",
+            "finetuning_type",
+        ),
         ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nbf16: true\nfp16: true\n", "bf16"),
         ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nflash_attn: turbo\n", "flash_attn"),
-        ("model_name_or_path: meta-llama/Meta-Llama-3-8B\ndeepspeed: my_config.json\n", "deepspeed"),
+        (
+            "model_name_or_path: meta-llama/Meta-Llama-3-8B\ndeepspeed: my_config.json\n",
+            "deepspeed",
+        ),
         ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nquantization_bit: 3\n", "quant_bits"),
-        ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: full\nquantization_bit: 4\n", "quantization_bit"),
-        ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nimage_max_pixels: -5\n", "image_max_pixels"),
+        (
+            "model_name_or_path: meta-llama/Meta-Llama-3-8B\nfinetuning_type: full\n"
+            "quantization_bit: 4\n",
+            "quantization_bit",
+        ),
+        (
+            "model_name_or_path: meta-llama/Meta-Llama-3-8B\nimage_max_pixels: -5\n",
+            "image_max_pixels",
+        ),
         ("model_name_or_path: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
     ],
 )

@@ -19,7 +19,9 @@ def test_defaults_are_llamafactory_defaults():
 def test_spec_id_is_stable_and_ignores_spelling():
     a = build_spec(model=LLAMA, lora_target="v_proj,q_proj", batch_size=2)
     b = build_spec(model=LLAMA.lower(), lora_target=["q_proj", "v_proj"], batch_size=2)
-    c = build_spec(model="Meta-Llama-3-8B", lora_target="q_proj, v_proj", batch_size=2, lora_alpha=64)
+    c = build_spec(
+        model="Meta-Llama-3-8B", lora_target="q_proj, v_proj", batch_size=2, lora_alpha=64
+    )
     assert a.spec_id == b.spec_id == c.spec_id
     assert len(a.spec_id) == 16
 
@@ -27,10 +29,19 @@ def test_spec_id_is_stable_and_ignores_spelling():
 def test_spec_id_changes_with_every_memory_knob():
     base = build_spec(model=LLAMA, precision="bf16")
     variants = [
-        dict(batch_size=2), dict(seq_len=1024), dict(lora_rank=16), dict(lora_dropout=0.1),
-        dict(lora_target="q_proj"), dict(gradient_checkpointing=False), dict(attention="eager"),
-        dict(optimizer="adamw_8bit"), dict(precision="fp32"), dict(method="full"),
-        dict(method="qlora", quant_bits=4), dict(liger_kernel=True), dict(num_gpus=2),
+        dict(batch_size=2),
+        dict(seq_len=1024),
+        dict(lora_rank=16),
+        dict(lora_dropout=0.1),
+        dict(lora_target="q_proj"),
+        dict(gradient_checkpointing=False),
+        dict(attention="eager"),
+        dict(optimizer="adamw_8bit"),
+        dict(precision="fp32"),
+        dict(method="full"),
+        dict(method="qlora", quant_bits=4),
+        dict(liger_kernel=True),
+        dict(num_gpus=2),
         dict(model_overrides={"num_hidden_layers": 4}),
     ]
     ids = {base.spec_id}
@@ -41,7 +52,15 @@ def test_spec_id_changes_with_every_memory_knob():
 
 def test_all_targets_expand_to_every_layer_linear():
     spec = build_spec(model=LLAMA)
-    assert spec.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert spec.target_modules == (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
 
 
 BAD_INPUTS = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from vram_ml.model.dataset_io import TrainingSet
 from vram_ml.model.synthetic import synthetic_training_set
 from vram_ml.model.training import TrainParams, train

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from typer.testing import CliRunner
-from vram_ml.model.learned import ENV_ARTIFACT
 
 from vram_ml.cli import app
+from vram_ml.model.learned import ENV_ARTIFACT
 
 runner = CliRunner()
 QWEN = [

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from vram_ml.model.dataset_io import SIMULATE_COLUMN, load_training_set
 
+from vram_ml.model.dataset_io import SIMULATE_COLUMN, load_training_set
 from vram_ml.sample import Measurement, Provenance, Sample
 from vram_ml.spec import build_spec
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from vram_ml.model.dataset_io import TrainingSet
 from vram_ml.model.evaluation import (
     error_metrics,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from vram_ml.model.fitting import accumulation_for, candidate_changes, find_fit
 from vram_ml.model.learned import LearnedEstimator
-
 from vram_ml.spec import build_spec
 
 GIB = 1024**3

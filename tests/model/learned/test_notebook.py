@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
 from vram_ml.model.dataset_io import load_training_set
 
 NOTEBOOK = Path(__file__).parents[3] / "notebooks" / "learned_vs_analytical.ipynb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
+
 from vram_ml.model.features import BASE_COLUMN, feature_matrix
 from vram_ml.model.regressor import ResidualXGBRegressor, learned_pipeline
 

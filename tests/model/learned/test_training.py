@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from vram_ml.model.features import FEATURE_NAMES, feature_matrix
 from vram_ml.model.learned import BUNDLED_DIR, LearnedEstimator
 from vram_ml.model.training import TrainingError, fit_targets, train

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import xgboost as xgb
+
 from vram_ml.model.features import feature_matrix
 from vram_ml.model.tree_eval import TreeEnsemble, UnsupportedModel
 
