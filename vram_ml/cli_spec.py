@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vram_ml.defaults import EXAMPLE_CONFIG, LLAMAFACTORY_DEFAULTS
+from vram_ml.defaults import EXAMPLE_CONFIG, assumed_defaults
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError
 
@@ -169,15 +169,7 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
         from vram_ml.spec import build_spec
 
         spec = build_spec(**fields)
-        assumed = {k: v for k, (_, v) in LLAMAFACTORY_DEFAULTS.items() if k not in fields}
-        if not spec.resolved_model.shape.is_multimodal:
-            for name in (
-                "images_per_sample",
-                "image_resolution",
-                "train_vision_tower",
-                "train_projector",
-            ):
-                assumed.pop(name, None)
+        assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
         return SpecInput(spec, "flags", assumed)
     return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
 

@@ -38,8 +38,20 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
 }
 
 
+IMAGE_FIELDS = ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector")
+
+
 def default(field: str) -> object:
     return LLAMAFACTORY_DEFAULTS[field][0]
+
+
+def assumed_defaults(given: set[str] | dict, multimodal: bool) -> dict[str, str]:
+    """The defaults a spec took for the fields not given (image ones only for VLMs)."""
+    return {
+        name: source
+        for name, (_, source) in LLAMAFACTORY_DEFAULTS.items()
+        if name not in given and (multimodal or name not in IMAGE_FIELDS)
+    }
 
 
 # The example `vram-ml predict` answers with no arguments: LLaMA-Factory's

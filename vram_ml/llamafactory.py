@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from vram_ml.defaults import LLAMAFACTORY_DEFAULTS
+from vram_ml.defaults import assumed_defaults
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # Keys LLaMA-Factory / transformers accept that do not change peak memory.
@@ -182,20 +182,10 @@ def spec_from_llamafactory(
         for key in raw
         if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
     )
-    assumed = {
-        name: source for name, (_, source) in LLAMAFACTORY_DEFAULTS.items() if name not in fields
-    }
     spec = build_spec(**fields)
+    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
-    if not spec.resolved_model.shape.is_multimodal:
-        for name in (
-            "images_per_sample",
-            "image_resolution",
-            "train_vision_tower",
-            "train_projector",
-        ):
-            assumed.pop(name, None)
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
 
 
