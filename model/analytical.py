@@ -5,7 +5,8 @@ Recomputation in Large Transformer Models", section 4: count what each op saves 
 done here for transformers 5.x modules, peft 0.21 LoRA layers and bitsandbytes 0.50; sharding
 follows Rajbhandari et al. 2020 (ZeRO, section 5); 4-bit storage follows Dettmers et al. 2023
 (QLoRA) as bitsandbytes implements it; dtypes follow LLaMA-Factory and the project's recipe
-(model/training_setup.py). Pure Python, no torch. `formulas.py` decides when each term is alive.
+(model/training_setup.py). Pure Python, no torch. `formulas.py` decides when each term is alive;
+parameters, quantization, optimizer and ZeRO terms live in `model_states.py` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,23 +15,29 @@ from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
 
+from vram_ml.model.model_states import (  # noqa: F401 - re-exported (moved from here)
+    BNB_8BIT_BLOCKSIZE,
+    BNB_8BIT_MIN_SIZE,
+    NESTED_BLOCKSIZE,
+    NF4_BLOCKSIZE,
+    NF4_CODE_BYTES,
+    ZERO3_MAX_LIVE_PARAMETERS,
+    ZERO_BUCKET_ELEMENTS,
+    Dtypes,
+    Tensors,
+    adapter_tensors,
+    base_trainable_tensors,
+    numel,
+    optimizer_bytes,
+    quantization_constant_bytes,
+    quantized_tensors,
+    vision_linears,
+)
+
 if TYPE_CHECKING:
     from vram_ml.architecture import LinearShape, ModelShape
     from vram_ml.spec import Spec
 
-# bitsandbytes functional.quantize_4bit: blocksize 64, one fp32 absmax per block; double quant
-# stores it as uint8 and adds an fp32 absmax per 256 blocks (quantize_blockwise) + an fp32 offset.
-NF4_BLOCKSIZE = 64
-NESTED_BLOCKSIZE = 256
-NF4_CODE_BYTES = 16 * 4  # the 16-value fp32 code each QuantState keeps
-# bitsandbytes optimizers: 8-bit blockwise states (block 256, fp32 absmax) for tensors of at least
-# min_8bit_size = 4096 elements, fp32 states below that.
-BNB_8BIT_MIN_SIZE = 4096
-BNB_8BIT_BLOCKSIZE = 256
-# LLaMA-Factory examples/deepspeed/ds_z{0,2}_config.json: reduce_bucket_size 5e8 elements;
-# ds_z3_config.json: stage3_max_live_parameters 1e9, prefetch bucket "auto" = 0.9 x hidden^2.
-ZERO_BUCKET_ELEMENTS = 500_000_000
-ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 # transformers models whose norms are nn.LayerNorm (the rest use an RMSNorm that upcasts to fp32).
 LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm"})
 QK_NORM_TYPES = frozenset({"qwen3"})  # per-head RMSNorm on q and k (fp32 copies of both)
@@ -60,187 +67,6 @@ ROLES = {
 MATH_SDPA_TYPES = frozenset({"falcon"})
 # transformers' configuration defaults for dropout where a config may omit them (GPT-2 style).
 DEFAULT_DROPOUT = {"gpt_bigcode": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}}
-
-Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector of `rows`
-
-
-@dataclass(frozen=True)
-class Dtypes:
-    """Bytes per element of each kind of tensor, for one spec (the Spec docstring's semantics)."""
-
-    frozen: int  # frozen, unquantized weights (LLaMA-Factory's compute dtype)
-    trainable: int  # trainable parameters and their gradients
-    compute: int  # matmul outputs and most saved activations
-    hidden: int  # the residual stream (the embedding's dtype, promoted by the residual adds)
-    autocast: bool
-    master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
-
-    @classmethod
-    def of(cls, spec: Spec) -> Dtypes:
-        if spec.precision == "fp32":
-            return cls(4, 4, 4, 4, False, 0)
-        if spec.zero_stage and spec.precision != "no_amp":
-            # DeepSpeed bf16/fp16 casts the module to half; fp32 master weights live in the
-            # optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no torch autocast.
-            return cls(2, 2, 2, 2, False, 4)
-        if spec.precision == "pure_bf16":
-            return cls(2, 2, 2, 2, False, 0)
-        # bf16/fp16 AMP and no_amp: half frozen weights, trainable params upcast to fp32
-        # (LLaMA-Factory's cast_trainable_params_to_fp32). Full fine-tuning upcasts everything,
-        # so without autocast it computes in fp32 and with it the residual stream stays fp32.
-        full = spec.method == "full"
-        if spec.precision == "no_amp":
-            return cls(2, 4, 4 if full else 2, 4 if full else 2, False, 0)
-        return cls(2, 4, 2, 4 if full else 2, True, 0)
-
-    def in_layer(self, trainable: bool) -> Dtypes:
-        """Without autocast an fp32 trainable layer computes in fp32 (its norm's fp32 weight
-        promotes the stream): freeze + no_amp."""
-        if trainable and not self.autocast and self.trainable == 4:
-            return Dtypes(self.frozen, 4, 4, 4, False, self.master)
-        return self
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-
-def numel(tensors: Tensors) -> int:
-    return sum(rows * max(cols, 1) * count for rows, cols, count in tensors)
-
-
-def _vision_linears(shape: ModelShape) -> Tensors:
-    """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
-    v = shape.vision
-    mlp = 3 if v.kind == "qwen2_5_vl" else 2
-    return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
-            (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]
-
-
-def _vision_tensors(shape: ModelShape) -> Tensors:
-    linear = _vision_linears(shape)
-    rest = shape.vision.tower_params - numel(linear)
-    return linear + [(rest, 0, 1)] if rest > 0 else [(shape.vision.tower_params, 0, 1)]
-
-
-def _projector_tensors(shape: ModelShape) -> Tensors:
-    """The projector as one linear into the text hidden size (exact in parameter count)."""
-    hidden = shape.hidden_size
-    return [(hidden, shape.projector_params // hidden, 1)]
-
-
-def _layer_tensors(shape: ModelShape) -> Tensors:
-    tensors = [(lin.out_features, lin.in_features, lin.count) for lin in shape.layer_linears]
-    tensors += [(lin.out_features, 0, lin.count) for lin in shape.layer_linears if lin.bias]
-    return tensors + [(shape.layer_other_params, 0, 1)]
-
-
-def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
-    vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
-    hidden, tensors = shape.hidden_size, []
-    if spec.method == "full":
-        tensors = [(shape.embedding_params // hidden, hidden, 1),
-                   (shape.final_norm_params + shape.extra_params, 0, 1)]
-        tensors += [(t[0], t[1], t[2] * shape.num_layers) for t in _layer_tensors(shape)]
-        if shape.lm_head_params:
-            tensors.append((shape.lm_head_params // hidden, hidden, 1))
-    elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
-        tensors = [(t[0], t[1], t[2] * layers) for t in _layer_tensors(shape)]
-    if shape.vision is not None and spec.method in ("full", "freeze"):
-        tensors += _vision_tensors(shape) if spec.train_vision_tower else []
-        tensors += _projector_tensors(shape) if spec.train_projector else []
-    return tensors
-
-
-def _lora_pair(rank: int, in_features: int, out_features: int, count: int) -> Tensors:
-    return [(rank, in_features, count), (out_features, rank, count)]  # A: r x in, B: out x r
-
-
-def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """LoRA A and B per targeted linear of every decoder layer (peft LoraLayer); the vision tower
-    and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
-    if spec.method not in ("lora", "qlora"):
-        return []
-    rank, targets = spec.lora_rank, set(spec.target_modules)
-    tensors = []
-    for lin in shape.layer_linears:
-        if lin.name in targets and not lin.fused:
-            tensors += _lora_pair(rank, lin.in_features, lin.out_features,
-                                  lin.count * shape.num_layers)
-    if shape.vision is not None and spec.lora_target == ("all",):
-        if spec.train_vision_tower:
-            for rows, cols, count in _vision_linears(shape):
-                tensors += _lora_pair(rank, cols, rows, count)
-        if spec.train_projector:
-            tensors += _lora_pair(rank, shape.projector_params // shape.hidden_size,
-                                  shape.hidden_size, 1)
-    return tensors
-
-
-def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """What transformers' bitsandbytes integration quantizes: every nn.Linear but the output head
-    (get_keys_to_not_convert), so the vision tower and projector too; fused experts are not
-    nn.Linear and stay in the compute dtype."""
-    if spec.method != "qlora":
-        return []
-    tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
-               for lin in shape.layer_linears if not lin.fused]
-    if shape.vision is not None:
-        tensors += _vision_linears(shape) + _projector_tensors(shape)
-    return tensors
-
-
-def quantization_constant_bytes(spec: Spec, tensors: Tensors) -> int:
-    """4-bit: absmax per 64 weights (fp32, or uint8 + fp32 per 256 blocks + offset with double
-    quant) + the code; 8-bit (LLM.int8 Int8Params): one fp32 scale (SCB) per output row."""
-    total = 0
-    for rows, cols, count in tensors:
-        if spec.quant_bits == 8:
-            total += rows * 4 * count
-            continue
-        blocks = ceil(rows * cols / NF4_BLOCKSIZE)
-        if spec.double_quant:
-            per = blocks + ceil(blocks / NESTED_BLOCKSIZE) * 4 + 4 + NF4_CODE_BYTES
-        else:
-            per = blocks * 4 + NF4_CODE_BYTES
-        total += per * count
-    return total
-
-
-# --- optimizer --------------------------------------------------------------------------------
-
-
-def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
-    """(states, step temporaries) of `optimizer` over the trainable tensors.
-
-    AdamW (torch, zeros_like(param)): exp_avg + exp_avg_sq in the parameter's dtype; `foreach`
-    (HF's adamw_torch on CUDA) makes one more full copy (_foreach_sqrt of exp_avg_sq), fused none.
-    bitsandbytes 8-bit: 2 uint8 states + fp32 absmax per 256 (fp32 states for small tensors);
-    32-bit paged: 2 fp32 states. SGD (momentum 0, HF's default): none. Adafactor (HF, beta1 None):
-    fp32 row + column factors per matrix, a full fp32 state per vector; its step works one
-    parameter at a time with ~2 fp32 temporaries of it (update, grad**2).
-    """
-    states = temporaries = 0
-    for rows, cols, count in tensors:
-        size = rows * max(cols, 1)
-        if optimizer in ("adamw_torch", "adamw_torch_fused"):
-            per = 2 * size * state_bytes
-        elif optimizer == "paged_adamw_32bit":
-            per = 8 * size
-        elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-            per = (2 * size + 8 * ceil(size / BNB_8BIT_BLOCKSIZE)
-                   if size >= BNB_8BIT_MIN_SIZE else 8 * size)
-        elif optimizer == "adafactor":
-            per = (rows + cols) * 4 if cols else size * 4
-            temporaries = max(temporaries, 2 * size * 4)
-        else:  # sgd
-            per = 0
-        states += per * count
-    if optimizer == "adamw_torch":
-        temporaries = numel(tensors) * state_bytes
-    return states, temporaries
-
 
 # --- images -----------------------------------------------------------------------------------
 
@@ -482,7 +308,7 @@ def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
     weights = layers * sum(lin.count * lin.in_features * lin.out_features
                            for lin in shape.layer_linears)
     if shape.vision is not None and spec.train_vision_tower:
-        weights += numel(_vision_linears(shape))
+        weights += numel(vision_linears(shape))
     if shape.vision is not None and spec.train_projector:
         weights += shape.projector_params
     return weights + head, head
@@ -529,21 +355,90 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     return 2 * h * 4 + core + act * inter + (3 * h + inter) * dt.compute
 
 
+def pixel_bytes(spec: Spec) -> int:
+    """The batch's fp32 `pixel_values` (the processors' dtype; training_setup.make_batch), alive
+    through the step: Qwen2-VL flattens each patch to channels x temporal x patch^2 values;
+    fixed towers take 3 x side^2 per image (per tile for tiled towers)."""
+    v, geometry = spec.resolved_model.shape.vision, image_geometry(spec)
+    images = spec.batch_size * spec.images_per_sample
+    if v.dynamic_resolution:
+        return images * geometry.encoder_tokens * 3 * v.temporal_patch_size * v.patch_size**2 * 4
+    per_image = v.encoder_tokens_per_image or v.fixed_image_tokens or (
+        v.image_size // v.patch_size) ** 2
+    return images * max(1, geometry.encoder_tokens // per_image) * 3 * v.image_size**2 * 4
+
+
+def vision_in_graph(spec: Spec) -> bool:
+    """Whether the tower's forward is recorded by autograd. A trained tower, or any tower under
+    gradient checkpointing: transformers 5.24 `activation_checkpointing_enable` calls
+    `enable_input_require_grads` (modeling_utils.py:3190-3198; the top model's main input is
+    input_ids, and peft's `prepare_model_for_gradient_checkpointing`, peft_model.py:184/728,
+    does the same for lora), which hooks `get_input_embeddings()` of *every* PreTrainedModel
+    submodule (modeling_utils.py:2147-2185): Qwen2-VL / Qwen2.5-VL's vision model declares
+    `_input_embed_layer = "patch_embed"` (modeling_qwen2_vl.py:647, modeling_qwen2_5_vl.py:389),
+    LLaVA's CLIPVisionModel `"patch_embedding"`, found under `self.embeddings`
+    (modeling_clip.py:588, modeling_utils.py:983-985). The patch embedding's output then requires
+    grad and every frozen block after it is in the graph; without checkpointing nothing installs
+    the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing."""
+    return spec.train_vision_tower or spec.gradient_checkpointing
+
+
+def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
+    """The tower's residual stream: CLIP's pre_layrnorm is an nn.LayerNorm, fp32 under autocast,
+    so its blocks add into fp32 (modeling_clip.py CLIPVisionTransformer); Qwen's patch embedding
+    output and blocks stay in the compute dtype."""
+    return 4 if shape.vision.kind == "clip" and dt.autocast else dt.compute
+
+
+def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
+    """What a tower in the graph keeps once (not per block) when its weights are frozen: Qwen's
+    fp32 rotary cos and sin (inputs of every checkpointed block), the merger's norm (ln_q: an fp32
+    copy under autocast + its statistics) and GELU input; CLIP's pre_layrnorm (fp32 copy +
+    mean/rstd) and LLaVA's projector GELU input; the text side's masked_scatter mask (bool)."""
+    v = shape.vision
+    h, norm_copy = v.hidden_size, 4 if dt.autocast else dt.compute
+    mask = spec.batch_size * spec.seq_len  # (B, S, 1) bool, expanded over the hidden size
+    if v.kind in ("qwen2_vl", "qwen2_5_vl"):
+        rotary = 2 * (h // v.num_attention_heads) * 4
+        stats = 8 if v.kind == "qwen2_vl" else 4  # LayerNorm mean + rstd, RMSNorm rstd
+        # Qwen2.5-VL reorders the (leaf) patch embedding into windows: one more copy
+        window = h * dt.compute if v.kind == "qwen2_5_vl" else 0
+        return patches * (rotary + h * norm_copy + stats + h * dt.compute + window) + mask
+    images = spec.batch_size * spec.images_per_sample
+    tokens = images * image_geometry(spec).lm_tokens
+    # CLIP: one compute-dtype copy of the embeddings (the hooked leaf) + pre_layrnorm's
+    # mean/rstd; LLaVA's projector: the GELU input. Measured on simulate: no fp32 copy.
+    return patches * (h * dt.compute + 8) + tokens * shape.hidden_size * dt.compute + mask
+
+
 def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
-    """Vision activations saved for backward: only when the tower is trained (else nothing needs
-    its graph); a trained projector keeps its input. Checkpointing keeps one input per layer."""
+    """Vision activations alive at the end of forward: the batch's pixel values, and when the
+    tower is in the graph (`vision_in_graph`) what it saves. Frozen + checkpointed (the usual
+    LoRA case): each block's input (kept by non-reentrant checkpoint) + `_vision_shared_bytes`;
+    trained: every block's activations (or its input with checkpointing) + the projector's."""
     shape = spec.resolved_model.shape
     if shape.vision is None or not spec.images_per_sample:
         return 0
     v, geometry = shape.vision, image_geometry(spec)
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
-    total = 0
-    if spec.train_vision_tower:
-        per_layer = (v.hidden_size * dt.compute if spec.gradient_checkpointing
-                     else _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens))
-        total += patches * per_layer * v.num_layers
-    if spec.train_projector or spec.train_vision_tower:
+    total = pixel_bytes(spec)
+    if not vision_in_graph(spec):
+        if spec.train_projector:
+            total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
+        return total
+    if spec.gradient_checkpointing:
+        per_layer = v.hidden_size * _vision_stream_bytes(shape, dt)
+    else:
+        per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
+    total += patches * per_layer * v.num_layers
+    if spec.train_vision_tower or spec.train_projector:
         total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
+    else:
+        total += _vision_shared_bytes(spec, shape, dt, patches)
+    if spec.gradient_checkpointing and spec.method != "full":
+        # the hooked, frozen embedding's output is a leaf that requires grad: masked_scatter's
+        # AccumulateGrad node keeps it besides the merged sequence (the first layer's input)
+        total += spec.batch_size * spec.seq_len * shape.hidden_size * dt.hidden
     return total
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from vram_ml.model import analytical as terms
 from vram_ml.model.analytical import Dtypes
 from vram_ml.model.estimate import BREAKDOWN_TERMS, GIB, Estimate
+from vram_ml.model.model_states import ModelStates, model_states
 
 if TYPE_CHECKING:
     from vram_ml.architecture import ModelShape
@@ -98,92 +99,6 @@ class SeedFormulaEstimator:
         return Estimate(estimator=self.name, peak_vram_bytes=sum(breakdown.values()),
                         breakdown=breakdown,
                         notes=["the seed article's formula as written (a plain sum of terms)"])
-
-
-# --- model states: weights, gradients, optimizer (ZeRO sharding) ------------------------------
-
-
-@dataclass(frozen=True)
-class ModelStates:
-    """Per-GPU bytes of the parameters, their gradients and optimizer states."""
-
-    weights: int
-    quantization_constants: int
-    adapters: int
-    trainable_params: int
-    gradients: int  # all gradients, once backward is done
-    persistent_gradients: int  # alive through forward (gradient accumulation)
-    gradient_buffers: int  # DDP buckets / ZeRO reduce bucket
-    head_gradients: int  # made at lm_head backward (full fine-tuning)
-    layer_gradients: int  # one decoder layer's
-    optimizer: int  # in PyTorch's allocator
-    paged_optimizer: int  # bitsandbytes paged states (CUDA managed memory)
-    optimizer_temporaries: int
-    tied_gradient: int  # a tied embedding's input-side gradient before it is added in
-    dequantized: int  # one quantized weight dequantized (QLoRA forward/backward)
-    gathered_head: int  # ZeRO-3: the output head gathered for its backward
-    gathered_layer: int  # ZeRO-3: a layer's parameters (+ prefetch) gathered
-
-
-def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
-    """Weights by dtype (frozen half, trainable fp32, 4/8-bit packed), gradients in the trainable
-    dtype, optimizer states; ZeRO (Rajbhandari et al. 2020, section 5.1) divides optimizer states
-    (stage 1), + gradients (2), + parameters (3) by the GPU count. Plain data parallel (DDP,
-    gradient_as_bucket_view=False) keeps a bucket copy of every gradient."""
-    gpus, stage = spec.num_gpus, spec.zero_stage
-    base = terms.base_trainable_tensors(spec, shape)
-    adapters = terms.adapter_tensors(spec, shape)
-    base_params, adapter_params = terms.numel(base), terms.numel(adapters)
-    quantized = terms.quantized_tensors(spec, shape)
-    packed = terms.numel(quantized)
-    frozen = shape.total_params - base_params - packed
-    weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
-    weights += base_params * dt.trainable
-    trainable = base + adapters
-    params = base_params + adapter_params
-    state_bytes = 4 if dt.master else dt.trainable
-    states, temporaries = terms.optimizer_bytes(spec.optimizer, trainable, state_bytes)
-    states += params * dt.master
-    temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
-    shard_w, shard_g, shard_o = (gpus if stage >= level else 1 for level in (3, 2, 1))
-    gradients = params * dt.trainable // shard_g
-    if gpus > 1 and stage == 0:
-        buffers = params * dt.trainable
-    elif stage in (1, 2):
-        buffers = min(terms.ZERO_BUCKET_ELEMENTS, params) * dt.trainable
-    elif stage == 3:
-        buffers = min(shape.hidden_size**2, params) * dt.trainable
-    else:
-        buffers = 0
-    head = shape.lm_head_params or shape.embedding_params
-    one_layer = (shape.layer_params if spec.method in ("full", "freeze")
-                 else adapter_params // max(1, shape.num_layers))
-    largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
-    paged = spec.optimizer.startswith("paged_")
-    gathered = stage == 3
-    return ModelStates(
-        weights=weights // shard_w,
-        quantization_constants=terms.quantization_constant_bytes(spec, quantized),
-        adapters=adapter_params * dt.trainable // shard_w,
-        trainable_params=params,
-        gradients=gradients,
-        persistent_gradients=gradients if spec.gradient_accumulation > 1 else 0,
-        gradient_buffers=buffers,
-        head_gradients=(head + shape.final_norm_params) * dt.trainable // shard_g
-        if spec.method == "full" else 0,
-        layer_gradients=one_layer * dt.trainable // shard_g,
-        optimizer=0 if paged else states // shard_o,
-        paged_optimizer=states // shard_o if paged else 0,
-        optimizer_temporaries=temporaries // shard_o,
-        tied_gradient=shape.embedding_params * dt.trainable // shard_g
-        if spec.method == "full" and not shape.lm_head_params else 0,
-        dequantized=largest * (dt.compute if spec.quant_bits == 8 else dt.frozen)
-        + (largest // terms.NF4_BLOCKSIZE * 4 if spec.quant_bits == 4 and spec.double_quant else 0),
-        gathered_head=head * dt.frozen if gathered else 0,
-        gathered_layer=min(terms.ZERO3_MAX_LIVE_PARAMETERS,
-                           shape.layer_params + shape.hidden_size**2) * dt.frozen
-        if gathered else 0,
-    )
 
 
 # --- analytical: what is alive when -----------------------------------------------------------

@@ -3,9 +3,11 @@ the composition of one moment, and `seed-formula` is the article's formula as wr
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -323,3 +325,48 @@ def test_analytical_agrees_with_the_simulated_step(fields, assets):
                          **fields})
     simulated = simulate(spec).peak_tensor_bytes
     assert analyse(spec).peak_allocated == pytest.approx(simulated, rel=0.05)
+
+
+# --- vision activations against simulate (the fake-tensor step) ---------------------------------
+
+SIM_ASSETS = Path(__file__).parent / "simulate" / "assets"
+
+
+@functools.cache
+def _vision_activations(estimator_name: str, config: str, checkpointing: bool, resolution: int,
+                        seq_len: int) -> int:
+    """The vision part of the saved activations: with one image minus without (same seq_len)."""
+    if estimator_name == "simulate":
+        from vram_ml.model.simulate import SimulateEstimator as estimator_class
+    else:
+        estimator_class = AnalyticalEstimator
+    estimator, sizes = estimator_class(), []
+    for images in (1, 0):
+        spec = build_spec(model=str(SIM_ASSETS / config), images_per_sample=images,
+                          image_resolution=resolution, precision="bf16", batch_size=1,
+                          seq_len=seq_len, method="lora", gradient_checkpointing=checkpointing)
+        sizes.append(estimator.estimate(spec).breakdown["activations"])
+    return sizes[0] - sizes[1]
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+@pytest.mark.parametrize("config, resolution, seq_len", [
+    ("tiny_qwen2_vl_config.json", 224, 128),  # 256 patches, 64 image tokens
+    ("tiny_llava_config.json", 56, 64),  # CLIP at 56 px: 16 patches + CLS
+])
+def test_vision_activations_match_simulate(config, resolution, seq_len, checkpointing):
+    """transformers 5 + peft hook every sub-model's input embeddings under checkpointing, so a
+    frozen, checkpointed tower keeps its block inputs; without checkpointing only the batch's
+    pixel values remain (see analytical.vision_in_graph)."""
+    for module in ("torch", "transformers", "peft", "bitsandbytes"):
+        pytest.importorskip(module)
+    simulated = _vision_activations("simulate", config, checkpointing, resolution, seq_len)
+    analytical = _vision_activations("analytical", config, checkpointing, resolution, seq_len)
+    assert simulated > 0
+    assert analytical == pytest.approx(simulated, rel=0.05)
+    if checkpointing:  # the graph's part alone (pixel values dominate at these sizes)
+        sim_graph = simulated - _vision_activations("simulate", config, False, resolution,
+                                                    seq_len)
+        an_graph = analytical - _vision_activations("analytical", config, False, resolution,
+                                                    seq_len)
+        assert an_graph == pytest.approx(sim_graph, rel=0.05)
