@@ -11,8 +11,6 @@ Only `backend=cuda` rows are written unless other backends are asked for explici
 from __future__ import annotations
 
 import csv
-import io
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import Any
 
 from vram_ml.agent.datacard import write_datacard
 from vram_ml.agent.store import SampleStore
+from vram_ml.dataset_files import DataFileError
+from vram_ml.dataset_files import read_rows as read_data_file
 from vram_ml.sample import COLUMNS, Sample, SampleError, row_to_sample, sample_to_row
 
 DEFAULT_OUTPUT = Path("datasets/samples.csv")
@@ -63,53 +63,17 @@ def one_line(text: str) -> str:
 
 
 def read_rows(path: Path) -> list[dict[str, Any] | str]:
-    """Raw rows of a CSV, JSONL or Parquet file; a line that cannot be read as a row (bad JSON,
-    not an object, broken CSV) comes back as a one-line string saying why (validate rejects it).
+    """Raw rows of a CSV, JSONL or Parquet file (the trunk's reader, `vram_ml.dataset_files`); a
+    line that cannot be read as a row comes back as a one-line string saying why (validate
+    rejects it).
 
     Raises:
-        DatasetError: missing or unreadable file.
+        DatasetError: missing, not a regular file, too large, or unreadable.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
     try:
-        if path.suffix == ".parquet":
-            import pandas as pd
-
-            frame = pd.read_parquet(path)
-            return frame.astype(object).where(frame.notna(), None).to_dict("records")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DatasetError(f"{path}: unreadable ({_first_line(error)})") from None
-    if path.suffix in (".jsonl", ".json"):  # lines end at \n only (not at \u2028 and kin)
-        return [_json_row(line) for line in text.split("\n") if line.strip()]
-    return _csv_rows(text)
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-
-
-def _json_row(line: str) -> dict[str, Any] | str:
-    try:
-        row = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as error:
-        return f"not valid JSON ({_first_line(error)})"
-    return row if isinstance(row, dict) else f"not a JSON object (a {type(row).__name__})"
-
-
-def _csv_rows(text: str) -> list[dict[str, Any] | str]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv's own line ends only
-    rows: list[dict[str, Any] | str] = []
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return rows
-        except csv.Error as error:  # this line only; the reader goes on with the next one
-            rows.append(f"unreadable CSV line ({_first_line(error)})")
-            continue
-        rows.append("more fields than the header" if None in row else row)
+        return read_data_file(path)
+    except DataFileError as error:
+        raise DatasetError(str(error)) from None
 
 
 def validate_rows(rows: list[dict[str, Any] | str]) -> Validation:

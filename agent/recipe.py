@@ -8,10 +8,13 @@ Runs inside the child process (agent/child.py); the training itself is the proje
   then set-up (model, batch, optimizer) with `torch.cuda.max_memory_allocated/reserved`, the peak
   counters reset, then the steps with the same counters and an NVML peak sampled by a thread.
   `peak_vram_bytes = cuda_context_bytes + peak_reserved_bytes`.
-- cpu: the same steps on the CPU, peaks read by the live-storage tracker that `simulate` uses
-  (`vram_ml.model.simulate.tracker`): allocated = live tensor bytes, reserved = the same with the
-  CUDA allocator's 512-byte rounding; no context, no NVML. Only for tests of the agent and as
-  proof that simulate counts what really runs: never training data.
+- cpu: the same steps on the CPU under `simulate`'s own machinery (one tracker, two uses): the
+  model state is registered by `vram_ml.model.simulate.step.register_state` (weights, adapters,
+  bitsandbytes quantization state, the batch), the steps run under simulate's CUDA rules
+  (cuda_emulation.py) and the peaks are its replayed CUDA caching allocator's, i.e. the same
+  bytes as simulate's `Estimate.peak_allocated_bytes / peak_reserved_bytes` for the spec (the
+  tests hold them equal). No context, no NVML. Only for tests of the agent and as proof that
+  simulate counts what really runs: never training data.
 
 An out-of-memory error becomes `status="oom"`; the peaks seen until then are kept as lower bounds.
 """
@@ -161,34 +164,40 @@ def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at
 
 
 def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> None:
+    """The steps on real CPU tensors, counted exactly as `simulate` counts them (see step.py)."""
+    from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+    from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
+    from vram_ml.model.simulate.step import quiet_libraries, register_state
     from vram_ml.model.simulate.tracker import LiveStorageTracker
     from vram_ml.model.training_setup import build_model, make_batch, make_optimizer
 
-    shape = spec.resolved_model.shape
     tokens = spec.batch_size * spec.seq_len
-    setup = LiveStorageTracker(vocab_size=shape.vocab_size, tokens=tokens)
-    try:
-        with setup:
-            model = build_model(spec, "cpu")
-            batch = make_batch(spec, model, "cpu")
-            optimizer = make_optimizer(spec, model)
-    finally:
-        peaks.setup_allocated = setup.peak.peak_tensor_bytes
-        peaks.setup_reserved = setup.peak.peak_rounded_bytes
-    tracker = LiveStorageTracker(vocab_size=shape.vocab_size, tokens=tokens)
-    # what lives across the steps: parameters, buffers and the batch (no gradients, no state yet)
-    tracker.track_all((p for p in model.parameters() if not p.requires_grad), "weights")
-    tracker.track_all((p for p in model.parameters() if p.requires_grad), "adapters"
-                      if spec.method in ("lora", "qlora") else "weights")
-    tracker.track_all(model.buffers(), "weights")
-    tracker.track_all(batch.values(), "activations")
-    tracker.observe()
-    handles = tracker.watch_training(model, optimizer)
-    try:
-        with tracker:
-            _steps(spec, model, batch, optimizer, None, steps, peaks, fail_at_step)
-    finally:
-        for handle in handles:
-            handle.remove()
-        peaks.allocated = tracker.peak.peak_tensor_bytes
-        peaks.reserved = tracker.peak.peak_rounded_bytes
+    with quiet_libraries():
+        setup = LiveStorageTracker(tokens=tokens, allocator=CachingAllocator())
+        try:
+            with setup:
+                model = build_model(spec, "cpu")
+                batch = make_batch(spec, model, "cpu")
+                optimizer = make_optimizer(spec, model)
+        finally:
+            peaks.setup_allocated = setup.peak.peak_allocated_cuda_bytes
+            peaks.setup_reserved = setup.peak.peak_reserved_cuda_bytes
+        if getattr(optimizer, "is_paged", False):
+            optimizer.is_paged = False  # no unified memory here (as in simulate)
+        tracker = LiveStorageTracker(
+            vocab_size=model.config.get_text_config().vocab_size, tokens=tokens,
+            hidden_bytes=cuda_hidden_bytes, allocator=CachingAllocator(),
+        )
+        # what lives across the steps, registered exactly as simulate registers it
+        register_state(tracker, model, batch)
+        tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
+        tracker.observe(phase="setup")
+        handles = tracker.watch_training(model, optimizer)
+        try:
+            with cuda_behaviour(), tracker:
+                _steps(spec, model, batch, optimizer, None, steps, peaks, fail_at_step)
+        finally:
+            for handle in handles:
+                handle.remove()
+            peaks.allocated = tracker.peak.peak_allocated_cuda_bytes
+            peaks.reserved = tracker.peak.peak_reserved_cuda_bytes

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from vram_ml.dataset_files import DATA_SUFFIXES, read_rows
 from vram_ml.sample import SampleError, row_to_sample
 from vram_ml.spec import Spec
 
-DATA_SUFFIXES = (".csv", ".parquet", ".jsonl")
 SIMULATE_COLUMN = "simulate_peak_vram_bytes"  # optional: the simulator's answer, precomputed
 DEFAULT_EXPERIMENT = "vram-ml-samples"
 
@@ -145,6 +145,9 @@ def load_training_set(
     kept: list[tuple[Any, dict[str, Any]]] = []
     for source, row in _rows(sources, experiment, report):
         report.rows += 1
+        if isinstance(row, str):  # a line of a file that is not a row (bad JSON, broken CSV)
+            report.invalid.append(f"{source}: {row}")
+            continue
         backend = str(row.get("backend") or "")
         if backend not in allowed:
             report.skipped_backend[backend or "missing"] += 1
@@ -196,7 +199,7 @@ def _rows(
         if not path.exists():
             raise FileNotFoundError(f"data: no such file or folder: {text}")
         files = (
-            sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+            sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
             if path.is_dir()
             else [path]
         )
@@ -205,25 +208,17 @@ def _rows(
             yield from ((str(file), row) for row in file_rows(file))
 
 
-def file_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """The flat rows of one dataset file (CSV, Parquet or JSONL).
+def file_rows(path: Path) -> list[dict[str, Any] | str]:
+    """The flat rows of one dataset file (CSV, Parquet or JSONL), read by the trunk's reader
+    (`vram_ml.dataset_files`: regular files only, a size limit); a line that is not a row comes
+    back as a one-line string saying why (counted as invalid).
 
     Raises:
-        ValueError: an unknown file type.
+        ValueError: an unknown file type, or an unreadable file (`DataFileError`, one line).
     """
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as lines:
-            yield from (json.loads(line) for line in lines if line.strip())
-        return
-    import pandas as pd
-
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # ids stay strings
-    elif path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
+    if path.suffix not in DATA_SUFFIXES:
         raise ValueError(f"data: {path} is not .csv, .parquet or .jsonl")
-    yield from frame.to_dict(orient="records")
+    return read_rows(path)
 
 
 def mlflow_rows(tracking_uri: str, experiment: str) -> Iterator[dict[str, Any]]:

@@ -107,3 +107,19 @@ def test_validate_cli_exit_codes(tmp_path, tiny_specs, make_sample):
     assert result.exit_code == 1 and "problem: row 1: status" in result.output
     missing = runner.invoke(app, ["dataset", "validate", str(tmp_path / "none.csv")])
     assert missing.exit_code == 1
+
+
+def test_special_or_huge_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    import os
+
+    from vram_ml import dataset_files
+
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would block for ever
+    with pytest.raises(DatasetError, match="not a regular file"):
+        read_rows(tmp_path / "pipe.csv")
+    with pytest.raises(DatasetError, match="no such file"):
+        read_rows(tmp_path / "absent.csv")
+    (tmp_path / "big.jsonl").write_text('{"a": 1}\n' * 10)
+    monkeypatch.setattr(dataset_files, "MAX_DATA_FILE_BYTES", 50)
+    with pytest.raises(DatasetError, match="larger than"):
+        read_rows(tmp_path / "big.jsonl")

@@ -21,6 +21,23 @@ def test_cpu_measurement_is_consistent(tiny_specs):
     assert m.peak_allocated_bytes > logits  # the fp32 logits alone
 
 
+
+def test_cpu_backend_counts_what_simulate_counts(tiny_specs):
+    """One tracker, two uses: the cpu backend's peaks are simulate's figures for the same spec and
+    steps, to the byte, including the bitsandbytes quantization state of a QLoRA model."""
+    pytest.importorskip("bitsandbytes")
+    from vram_ml.model.simulate.step import simulate_step
+
+    spec = build_spec(**{**tiny_specs[1], "method": "qlora", "quant_bits": 4, "optimizer":
+                         "adamw_torch", "batch_size": 2, "seq_len": 32})
+    m = measure(spec, "cpu", steps=2)
+    fake = simulate_step(spec, steps=2).peak
+    assert fake.breakdown.get("quantization_constants", 0) > 0
+    assert m.status == "ok"
+    assert m.peak_allocated_bytes == fake.peak_allocated_cuda_bytes
+    assert m.peak_reserved_bytes == fake.peak_reserved_cuda_bytes
+
+
 def test_simulated_oom_keeps_lower_bounds_and_error_raises(tiny_specs):
     spec = build_spec(**tiny_specs[1])
     oom = measure(spec, "cpu", fail_at_step="oom")

@@ -75,6 +75,26 @@ def test_duplicates_and_corrupt_rows_are_reported(tmp_path, rows):
     assert len(report.invalid) == 1 and "spec_id" in report.invalid[0]
 
 
+
+def test_a_broken_line_is_invalid_and_special_files_are_refused(tmp_path, rows, monkeypatch):
+    import os
+
+    from vram_ml import dataset_files
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n{not json\n[1, 2]\n")
+    data, report = load_training_set([path])
+    assert len(data) == 1 and report.rows == 3 and len(report.invalid) == 2
+    assert "not valid JSON" in report.invalid[0] and "not a JSON object" in report.invalid[1]
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would block for ever
+    (tmp_path / "folder.csv").mkdir()  # a folder's data files are its regular files
+    assert len(load_training_set([tmp_path])[0]) == 1
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_training_set([tmp_path / "pipe.csv"])
+    monkeypatch.setattr(dataset_files, "MAX_DATA_FILE_BYTES", 10)
+    with pytest.raises(ValueError, match="larger than"):
+        load_training_set([path])
+
 def test_synthetic_rows_never_load_even_if_written(tmp_path, rows):
     (tmp_path / "s.jsonl").write_text(json.dumps({**rows[0], "backend": "synthetic"}) + "\n")
     data, report = load_training_set([tmp_path])
