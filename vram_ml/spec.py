@@ -90,8 +90,6 @@ class Spec(BaseModel):
             raise ValueError("precision: pure_bf16 is incompatible with ZeRO-3 (LLaMA-Factory)")
         if self.method == "qlora" and self.zero_stage == 3:
             raise ValueError("zero_stage: bitsandbytes QLoRA with ZeRO-3 is not modelled")
-        if self.precision in ("bf16", "pure_bf16", "no_amp") and self.optimizer == "adafactor":
-            pass  # valid; noted so that optimizer x precision stays visible here
         self._check_model()
         return self
 
