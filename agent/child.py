@@ -68,7 +68,7 @@ def write_atomically(path: Path, payload: dict) -> None:
 
 def run(request: dict) -> dict:
     """Measure one spec as the request says; returns the RESULT payload."""
-    from vram_ml.agent.recipe import one_line
+    from vram_ml.agent.measure import one_line
     from vram_ml.sample import Measurement
     from vram_ml.spec import build_spec
 
@@ -86,7 +86,7 @@ def run(request: dict) -> dict:
             "ok", "test hook: stub", peak_allocated_bytes=1024, peak_reserved_bytes=2048,
             cuda_context_bytes=0, peak_vram_bytes=2048, step_seconds=0.01, steps=request["steps"])
         return {"measurement": asdict(measurement), "cuda_version": ""}
-    from vram_ml.agent.recipe import measure
+    from vram_ml.agent.measure import measure
 
     try:
         measurement = measure(spec, request["backend"], request["steps"],
@@ -110,7 +110,7 @@ def preload() -> None:
         import peft  # noqa: F401
         import transformers  # noqa: F401
 
-        import vram_ml.model.training_setup  # noqa: F401
+        import vram_ml.model.recipe  # noqa: F401
     except ImportError:
         pass  # the measurement reports what is missing
 

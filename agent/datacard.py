@@ -85,7 +85,8 @@ steps on one device, what it **measured**, and its **provenance**. Target: `peak
 - How a sample is made: `vram-ml agent run` builds the model from its config with random weights
   (no download) directly on the GPU, applies the spec (bitsandbytes QLoRA, peft LoRA, precision,
   checkpointing, attention, optimizer), runs N optimizer steps on synthetic batches of exactly
-  batch x seq tokens, in a fresh child process per spec (agent/recipe.py, model/training_setup.py).
+  batch x seq tokens, in a fresh child process per spec (agent/measure.py around the recipe,
+  model/recipe/).
 - Only `backend=cuda` rows are training data; `cpu` rows are the agent's tests and are exported
   only with `--include-backend cpu`.
 - `oom` rows keep the peaks seen before the out-of-memory error: lower bounds, not peaks.

@@ -2,10 +2,10 @@
 
 Order = coverage first: a greedy pick of the spec whose features (family, size, every knob's
 value) are least covered by the store and by the specs already picked. `strategy="active"` adds
-the learned model's uncertainty (vram_ml.model.learned, loaded lazily; coverage alone when it is
-absent). Specs the analytical estimate (vram_ml.model.formulas, lazily; a rough closed form when
-absent) puts above `fit.margin` x the GPU's memory are skipped, and a share of specs near that
-edge is kept on purpose.
+the learned model's uncertainty (vram_ml.model.learned.estimator, loaded lazily; coverage alone
+when it is absent). Specs the analytical estimate (vram_ml.model.formulas, lazily; a rough
+closed form when absent) puts above `fit.margin` x the GPU's memory are skipped, and a share of
+specs near that edge is kept on purpose.
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ def uncertainty_bonus(specs: list[Spec], weight: float = 5.0
     """The learned model's uncertainty, log(upper / peak), scaled to at most `weight`, as a
     coverage bonus; (None, why not) when no learned model is available."""
     try:
-        from vram_ml.model.learned import LearnedEstimator
+        from vram_ml.model.learned.estimator import LearnedEstimator
 
         batch = LearnedEstimator().predict_batch(specs, targets=("peak", "upper"))
     except Exception as error:  # noqa: BLE001 - absent or broken: coverage alone

@@ -1,8 +1,10 @@
-"""Estimate and the Estimator interface every answer in vram-ml goes through."""
+"""Estimate, the Estimator interface every answer in vram-ml goes through, and the estimators by
+name (imported lazily, so `predict` never loads what it does not use)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -50,3 +52,24 @@ GIB = 1024**3
 
 def gib(n_bytes: int | float | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / GIB:.2f}"
+
+
+# name -> (module, class). Order is display order everywhere.
+ESTIMATORS: dict[str, tuple[str, str]] = {
+    "seed-formula": ("vram_ml.model.formulas.seed_formula", "SeedFormulaEstimator"),
+    "analytical": ("vram_ml.model.formulas.analytical", "AnalyticalEstimator"),
+    "simulate": ("vram_ml.model.simulate", "SimulateEstimator"),
+    "learned": ("vram_ml.model.learned.estimator", "LearnedEstimator"),
+}
+
+
+def get_estimator(name: str, **options) -> Estimator:
+    """Instantiate an estimator by name.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    if name not in ESTIMATORS:
+        raise KeyError(f"unknown estimator {name!r} (known: {', '.join(ESTIMATORS)})")
+    module_name, class_name = ESTIMATORS[name]
+    return getattr(import_module(module_name), class_name)(**options)

@@ -68,7 +68,7 @@ def many_specs(count: int) -> list:
 
 
 def throughput(specs: list, artifact: Path | None) -> float:
-    from vram_ml.model.learned import LearnedEstimator
+    from vram_ml.model.learned.estimator import LearnedEstimator
 
     estimator = LearnedEstimator(artifact)
     estimator.predict_batch(specs[:10])  # load the artifact outside the timing
@@ -88,8 +88,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         artifact = args.artifact
         if artifact is None:
-            from vram_ml.model.synthetic import synthetic_training_set
-            from vram_ml.model.training import train
+            from vram_ml.model.learned.synthetic import synthetic_training_set
+            from vram_ml.model.learned.train import train
 
             artifact = Path(scratch) / "model"
             print("training a throwaway model on SYNTHETIC data (timing only) ...", flush=True)

@@ -33,7 +33,7 @@ CASES: dict[str, dict] = {
 def run_case(name: str) -> dict:
     """In the child: simulate one case, and the analytical estimate if that estimator exists."""
     start = time.perf_counter()
-    from vram_ml.model.estimators import get_estimator
+    from vram_ml.model.estimate import get_estimator
     from vram_ml.model.simulate.estimator import simulate
     from vram_ml.spec import build_spec
 

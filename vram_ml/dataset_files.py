@@ -1,8 +1,8 @@
 """Read the rows of one dataset file: CSV, Parquet or JSONL (the flat schema of `vram_ml.sample`).
 
 The one reader of dataset files, shared by the agent (`dataset validate / import / export`,
-agent/dataset.py) and the learned model's loader (model/dataset_io.py), which may not import the
-agent. Robust to what a file from another machine can hold:
+agent/dataset.py) and the learned model's loader (model/learned/training_set.py), which may
+not import the agent. Robust to what a file from another machine can hold:
 
 - only a regular file of at most `MAX_DATA_FILE_BYTES` is read (no device, FIFO or /proc file
   that never ends, no directory);
@@ -58,7 +58,8 @@ def read_rows(path: str | Path) -> list[Row]:
 
             frame = pd.read_parquet(path)
             return frame.astype(object).where(frame.notna(), None).to_dict("records")
-        text = path.read_text(encoding="utf-8")
+        # bytes, not read_text: universal newlines would turn a quoted "\r" into "\n"
+        text = path.read_bytes().decode("utf-8")
     except DataFileError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as error:

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vram_ml.architecture import ModelShape, UnsupportedArchitecture, shape_from_config
+from vram_ml.architectures import ModelShape, UnsupportedArchitecture, shape_from_config
 
 CATALOG_PACKAGE = "vram_ml.catalog"
 MAX_CONFIG_BYTES = 1_000_000  # a real config.json is a few KB; refuse to read anything large

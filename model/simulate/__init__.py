@@ -1,6 +1,6 @@
 """simulate: the exact tensor-level peak of one training step, run on fake tensors on the CPU.
 
-The recipe (model/training_setup.py) builds the model on `meta`; fake.py turns it into fake `cpu`
+The recipe (model/recipe/) builds the model on `meta`; fake.py turns it into fake `cpu`
 tensors; step.py runs two training steps under tracker.py (live storages and their peak), with
 the CUDA rules of cuda_emulation.py and a replay of the CUDA caching allocator (allocator.py);
 estimator.py turns the peak into an Estimate. `step.run_on_cpu` runs the same steps for real on

@@ -9,8 +9,9 @@ cuda_emulation.py) + these named corrections, all in the breakdown's `overhead`:
   (32 MiB on Hopper, PyTorch's default `:4096:8`);
 - allocator_rounding: blocks rounded to 512 bytes, unsplit remainders (allocated - tensors);
 - allocator_cache: reserved but free at the peak (segment sizes, fragmentation);
-- cuda_context: `CUDA_CONTEXT_BYTES`, the analytical estimator's assumption (formulas.py; NVML
-  shows it, no tensor holds it; the agent measures it per device).
+- cuda_context: `CUDA_CONTEXT_BYTES`, the analytical estimator's assumption
+  (model/formulas/analytical.py; NVML shows it, no tensor holds it; the agent measures it per
+  device).
 Not modelled: the model-loading order of a real run (its free blocks), NCCL buffers.
 
 `Estimate.peak_allocated_bytes` / `peak_reserved_bytes` are what `torch.cuda.max_memory_allocated`
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vram_ml.model.estimate import Estimate
-from vram_ml.model.formulas import CUDA_CONTEXT_BYTES
+from vram_ml.model.formulas.analytical import CUDA_CONTEXT_BYTES
 from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Run the recipe's training steps under the live-storage tracker: on fake tensors (`simulate`)
 or for real on the CPU (the `cpu` backend, tiny models).
 
-Both paths build the same model (model/training_setup.py), register the same model state and
+Both paths build the same model (the recipe, model/recipe/), register the same model state and
 batch, apply the same CUDA rules (cuda_emulation.py) and run the same `train_step`; only the
 tensors differ. That is what the fake == real tests hold to the byte.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vram_ml.model import training_setup as recipe
+from vram_ml.model import recipe
 from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
@@ -124,9 +124,8 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
     emulation = cuda_behaviour() if emulate_cuda else contextlib.nullcontext()
     try:
         with emulation, tracker:
-            for step in range(1, steps + 1):
-                _say(progress, f"step {step} of {steps}: forward, backward, optimizer")
-                recipe.train_step(spec, model, batch, optimizer)
+            recipe.run_steps(spec, model, batch, optimizer, steps, before_step=lambda step: _say(
+                progress, f"step {step} of {steps}: forward, backward, optimizer"))
     finally:
         for handle in handles:
             handle.remove()

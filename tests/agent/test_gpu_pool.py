@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from vram_ml.agent import environment
 from vram_ml.agent.gpu_pool import GpuPool, PoolError, parse_gpus
 from vram_ml.cli import app
-from vram_ml.cli_agent import parse_duration
+from vram_ml.cli.agent import parse_duration
 
 GIB = 2**30
 

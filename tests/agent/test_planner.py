@@ -107,7 +107,7 @@ def test_rough_estimate_orders_obvious_cases():
 def test_active_strategy_falls_back_to_coverage_without_a_learned_model(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "vram_ml.model.learned", None)  # import fails
+    monkeypatch.setitem(sys.modules, "vram_ml.model.learned.estimator", None)  # import fails
     plan = make_plan(load_space(backend="cpu"), [], set(), None, strategy="active", limit=5)
     assert len(plan.planned) == 5 and all(p.reason == "coverage" for p in plan.planned)
     assert any("learned model unavailable" in note for note in plan.notes)
@@ -125,7 +125,7 @@ def test_active_strategy_prefers_uncertain_specs(monkeypatch):
             return types.SimpleNamespace(estimator="learned", peak_vram_bytes=peak,
                                          upper_vram_bytes=upper)
 
-    monkeypatch.setattr("vram_ml.model.learned.LearnedEstimator", Uncertain)
+    monkeypatch.setattr("vram_ml.model.learned.estimator.LearnedEstimator", Uncertain)
     space = load_space(backend="cpu")
     active = make_plan(space, [], set(), None, strategy="active", limit=10)
     coverage = make_plan(space, [], set(), None, strategy="coverage", limit=10)

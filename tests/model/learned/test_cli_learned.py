@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vram_ml.cli import app
-from vram_ml.model.learned import ENV_ARTIFACT
+from vram_ml.model.learned.estimator import ENV_ARTIFACT
 
 runner = CliRunner()
 QWEN = [

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vram_ml.model.dataset_io import SIMULATE_COLUMN, load_training_set
+from vram_ml.model.learned.training_set import SIMULATE_COLUMN, load_training_set
 from vram_ml.sample import Measurement, Provenance, Sample
 from vram_ml.spec import build_spec
 

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from vram_ml.model.dataset_io import TrainingSet
-from vram_ml.model.evaluation import (
+from vram_ml.model.learned.evaluation import (
     error_metrics,
     evaluate,
     family_folds,
     random_folds,
     size_folds,
 )
-from vram_ml.model.evaluation_plots import log_evaluation, write_outputs
+from vram_ml.model.learned.evaluation_plots import log_evaluation, write_outputs
+from vram_ml.model.learned.training_set import TrainingSet
 
 GIB = 1024**3
 

@@ -6,8 +6,13 @@ import math
 
 import numpy as np
 
-from vram_ml.model.estimators import get_estimator
-from vram_ml.model.features import BASE_COLUMN, FEATURE_NAMES, feature_matrix, parameter_counts
+from vram_ml.model.estimate import get_estimator
+from vram_ml.model.learned.features import (
+    BASE_COLUMN,
+    FEATURE_NAMES,
+    feature_matrix,
+    parameter_counts,
+)
 from vram_ml.spec import build_spec
 
 

@@ -7,8 +7,13 @@ import shutil
 
 import pytest
 
-from vram_ml.model.estimators import get_estimator
-from vram_ml.model.learned import ENV_ARTIFACT, FALLBACK_NOTE, ArtifactError, LearnedEstimator
+from vram_ml.model.estimate import get_estimator
+from vram_ml.model.learned.estimator import (
+    ENV_ARTIFACT,
+    FALLBACK_NOTE,
+    ArtifactError,
+    LearnedEstimator,
+)
 from vram_ml.spec import build_spec
 
 

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from vram_ml.model.dataset_io import load_training_set
+from vram_ml.model.learned.training_set import load_training_set
 
 NOTEBOOK = Path(__file__).parents[3] / "notebooks" / "learned_vs_analytical.ipynb"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from vram_ml.model.features import BASE_COLUMN, feature_matrix
-from vram_ml.model.regressor import ResidualXGBRegressor, learned_pipeline
+from vram_ml.model.learned.features import BASE_COLUMN, feature_matrix
+from vram_ml.model.learned.regressor import ResidualXGBRegressor, learned_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from vram_ml.model.features import FEATURE_NAMES, feature_matrix
-from vram_ml.model.learned import BUNDLED_DIR, LearnedEstimator
-from vram_ml.model.training import TrainingError, fit_targets, train
+from vram_ml.model.learned.estimator import BUNDLED_DIR, LearnedEstimator
+from vram_ml.model.learned.features import FEATURE_NAMES, feature_matrix
+from vram_ml.model.learned.train import TrainingError, fit_targets, train
 
 
 def test_artifact_is_json_only_and_complete(artifact_dir, synthetic_set):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from vram_ml.model.features import feature_matrix
-from vram_ml.model.tree_eval import TreeEnsemble, UnsupportedModel
+from vram_ml.model.learned.features import feature_matrix
+from vram_ml.model.learned.tree_eval import TreeEnsemble, UnsupportedModel
 
 
 @pytest.mark.parametrize("target", ["peak", "upper", "allocated", "reserved"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import TINY_QWEN2_VL, tiny_spec
+from ..tiny_models import TINY_QWEN2_VL, tiny_spec
 
 CASES = [
     pytest.param(dict(lora_target="q_proj,v_proj"), id="lora-qv-ckpt"),
@@ -27,7 +27,7 @@ CASES = [
 def test_simulated_allocated_peak_matches_cuda(fields):
     import torch
 
-    from vram_ml.model import training_setup as recipe
+    from vram_ml.model import recipe
     from vram_ml.model.simulate.step import simulate_step
 
     fields = dict(fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import tiny_spec
+from ..tiny_models import tiny_spec
 
 GIB = 1024**3
 QV = dict(batch_size=2, seq_len=1024, precision="bf16", lora_target="q_proj,v_proj")

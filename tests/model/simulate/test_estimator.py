@@ -13,7 +13,7 @@ from vram_ml.model.estimate import BREAKDOWN_TERMS
 from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.simulate.estimator import CUDA_CONTEXT_BYTES, SimulateEstimator, simulate
 
-from .conftest import TINY_LLAMA, tiny_spec
+from ..tiny_models import TINY_LLAMA, tiny_spec
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_estimate_is_tensor_peak_plus_named_corrections(simulation):
 
 
 def test_registry_builds_the_estimator():
-    from vram_ml.model.estimators import get_estimator
+    from vram_ml.model.estimate import get_estimator
 
     estimator = get_estimator("simulate")
     assert isinstance(estimator, SimulateEstimator) and estimator.name == "simulate"

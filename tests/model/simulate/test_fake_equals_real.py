@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import TINY_LLAVA, TINY_QWEN2_VL, TINY_TIED, tiny_spec
+from ..tiny_models import TINY_LLAVA, TINY_QWEN2_VL, TINY_TIED, tiny_spec
 
 LLAMA_GRID = [
     pytest.param(dict(attention=attention, gradient_checkpointing=ckpt, lora_target=target),

@@ -1,0 +1,200 @@
+"""The micro-training recipe as a measurement: one spec, one device, N optimizer steps.
+
+Runs inside the child process (agent/child.py); the training itself is the project's one recipe,
+`vram_ml.model.recipe` (build_model, make_batch, make_optimizer, run_steps), shared with
+`simulate`. This module only measures around it:
+
+- cuda: the CUDA context (NVML process memory once a context exists, minus what torch reserved),
+  then set-up (model, batch, optimizer) with `torch.cuda.max_memory_allocated/reserved`, the peak
+  counters reset, then the steps with the same counters and an NVML peak sampled by a thread.
+  `peak_vram_bytes = cuda_context_bytes + peak_reserved_bytes`.
+- cpu: the same steps on the CPU under `simulate`'s own machinery (one tracker, two uses): the
+  model state is registered by `vram_ml.model.simulate.step.register_state` (weights, adapters,
+  bitsandbytes quantization state, the batch), the steps run under simulate's CUDA rules
+  (cuda_emulation.py) and the peaks are its replayed CUDA caching allocator's, i.e. the same
+  bytes as simulate's `Estimate.peak_allocated_bytes / peak_reserved_bytes` for the spec (the
+  tests hold them equal). No context, no NVML. Only for tests of the agent and as proof that
+  simulate counts what really runs: never training data.
+
+An out-of-memory error becomes `status="oom"`; the peaks seen until then are kept as lower bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vram_ml.agent.environment import PeakSampler, ProcessMemory
+from vram_ml.sample import Measurement
+
+if TYPE_CHECKING:
+    from vram_ml.spec import Spec
+
+DEFAULT_STEPS = 3
+OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+
+
+@dataclass
+class Peaks:
+    """Peaks observed so far; on OOM they are what the sample keeps (lower bounds)."""
+
+    context: int = 0
+    setup_allocated: int | None = None
+    setup_reserved: int | None = None
+    allocated: int | None = None
+    reserved: int | None = None
+    nvml: int | None = None
+    step_seconds: list[float] = field(default_factory=list)
+
+    def measurement(self, status: str = "ok", message: str = "") -> Measurement:
+        reserved = max(v for v in (self.reserved, self.setup_reserved, 0) if v is not None)
+        seconds = self.step_seconds[1:] or self.step_seconds  # step 1 warms kernels up
+        return Measurement(
+            status=status,
+            message=message,
+            peak_allocated_bytes=self.allocated,
+            peak_reserved_bytes=self.reserved,
+            setup_peak_allocated_bytes=self.setup_allocated,
+            setup_peak_reserved_bytes=self.setup_reserved,
+            cuda_context_bytes=self.context,
+            nvml_peak_bytes=self.nvml,
+            peak_vram_bytes=self.context + reserved if status != "error" else None,
+            step_seconds=sum(seconds) / len(seconds) if seconds else None,
+            steps=len(self.step_seconds),
+        )
+
+
+def is_oom(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in OOM_MARKERS)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:400]}" if text else type(error).__name__
+
+
+def measure(spec: Spec, backend: str, steps: int = DEFAULT_STEPS, nvml_index: int = 0,
+            fail_at_step: str = "") -> Measurement:
+    """Run the recipe and measure it; OOM -> status oom (lower bounds), other errors raise.
+
+    Args:
+        spec: the configuration.
+        backend: "cuda" or "cpu".
+        steps: optimizer steps after set-up.
+        nvml_index: the NVML index of the GPU (CUDA_VISIBLE_DEVICES already points at it).
+        fail_at_step: test hook: "oom" or "error" raises at the first step (see child.py).
+    """
+    peaks = Peaks()
+    try:
+        if backend == "cuda":
+            _measure_cuda(spec, steps, nvml_index, peaks, fail_at_step)
+        else:
+            _measure_cpu(spec, steps, peaks, fail_at_step)
+    except Exception as error:
+        if not is_oom(error):
+            raise
+        return peaks.measurement("oom", one_line(error) + " (peaks are lower bounds)")
+    return peaks.measurement()
+
+
+def _steps(spec: Spec, model: Any, batch: dict, optimizer: Any, scaler: Any, steps: int,
+           peaks: Peaks, fail_at_step: str, synchronize=None) -> None:
+    from vram_ml.model.recipe import run_steps
+
+    def test_hook(step: int) -> None:
+        import torch
+
+        if fail_at_step == "oom":
+            raise torch.OutOfMemoryError("simulated out of memory (test hook)")
+        if fail_at_step == "error":
+            raise RuntimeError("simulated failure (test hook)")
+
+    peaks.step_seconds.extend(run_steps(spec, model, batch, optimizer, steps, scaler=scaler,
+                                        before_step=test_hook, synchronize=synchronize))
+
+
+def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at_step: str) -> None:
+    import torch
+
+    from vram_ml.model.recipe import (
+        build_model,
+        make_batch,
+        make_grad_scaler,
+        make_optimizer,
+    )
+
+    memory = ProcessMemory(nvml_index)  # baseline before this process has a context
+    torch.cuda.init()
+    torch.empty(1, device="cuda")  # creates the context
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    context = memory.read()
+    peaks.context = max(0, (context or 0) - torch.cuda.memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+
+    def record_setup() -> None:
+        peaks.setup_allocated = torch.cuda.max_memory_allocated()
+        peaks.setup_reserved = torch.cuda.max_memory_reserved()
+
+    try:
+        model = build_model(spec, "cuda")
+        batch = make_batch(spec, model, "cuda")
+        optimizer = make_optimizer(spec, model)
+        scaler = make_grad_scaler(spec, "cuda")
+        torch.cuda.synchronize()
+    finally:
+        record_setup()
+    torch.cuda.reset_peak_memory_stats()
+    sampler = PeakSampler(memory.read)
+    try:
+        with sampler:
+            _steps(spec, model, batch, optimizer, scaler, steps, peaks, fail_at_step,
+                   torch.cuda.synchronize)
+    finally:
+        peaks.allocated = torch.cuda.max_memory_allocated()
+        peaks.reserved = torch.cuda.max_memory_reserved()
+        peaks.nvml = sampler.peak_bytes
+
+
+def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> None:
+    """The steps on real CPU tensors, counted exactly as `simulate` counts them (see step.py)."""
+    from vram_ml.model.recipe import build_model, make_batch, make_optimizer
+    from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+    from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
+    from vram_ml.model.simulate.step import quiet_libraries, register_state
+    from vram_ml.model.simulate.tracker import LiveStorageTracker
+
+    tokens = spec.batch_size * spec.seq_len
+    with quiet_libraries():
+        setup = LiveStorageTracker(tokens=tokens, allocator=CachingAllocator())
+        try:
+            with setup:
+                model = build_model(spec, "cpu")
+                batch = make_batch(spec, model, "cpu")
+                optimizer = make_optimizer(spec, model)
+        finally:
+            peaks.setup_allocated = setup.peak.peak_allocated_cuda_bytes
+            peaks.setup_reserved = setup.peak.peak_reserved_cuda_bytes
+        if getattr(optimizer, "is_paged", False):
+            optimizer.is_paged = False  # no unified memory here (as in simulate)
+        tracker = LiveStorageTracker(
+            vocab_size=model.config.get_text_config().vocab_size, tokens=tokens,
+            hidden_bytes=cuda_hidden_bytes, allocator=CachingAllocator(),
+        )
+        # what lives across the steps, registered exactly as simulate registers it
+        register_state(tracker, model, batch)
+        tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
+        tracker.observe(phase="setup")
+        handles = tracker.watch_training(model, optimizer)
+        try:
+            with cuda_behaviour(), tracker:
+                _steps(spec, model, batch, optimizer, None, steps, peaks, fail_at_step)
+        finally:
+            for handle in handles:
+                handle.remove()
+            peaks.allocated = tracker.peak.peak_allocated_cuda_bytes
+            peaks.reserved = tracker.peak.peak_reserved_cuda_bytes

@@ -1,0 +1,291 @@
+"""Activations of the analytical estimator: what a decoder layer's tensors cost, in bytes.
+
+Every term names its source. Activations follow Korthikanti et al. 2022 ("Reducing Activation
+Recomputation in Large Transformer Models", section 4: count what each op saves for backward),
+done here for transformers 5.x modules, peft 0.21 LoRA layers and bitsandbytes 0.50; sharding
+follows Rajbhandari et al. 2020 (ZeRO, section 5); 4-bit storage follows Dettmers et al. 2023
+(QLoRA) as bitsandbytes implements it; dtypes follow LLaMA-Factory and the project's recipe
+(model/recipe/). Pure Python, no torch. `analytical.py` decides when each term is alive;
+parameters, quantization, optimizer and ZeRO terms live in `model_states.py`, the vision tower's in
+`vision.py`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vram_ml.model.formulas.model_states import Dtypes, adapter_tensors, numel, vision_linears
+
+if TYPE_CHECKING:
+    from vram_ml.architectures import LinearShape, ModelShape
+    from vram_ml.spec import Spec
+
+# transformers models whose norms are nn.LayerNorm (the rest use an RMSNorm that upcasts to fp32).
+LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm"})
+QK_NORM_TYPES = frozenset({"qwen3"})  # per-head RMSNorm on q and k (fp32 copies of both)
+# Liger's kernels (RMSNorm, SwiGLU, fused linear cross-entropy) patch these model types;
+# LLaMA-Factory ignores `enable_liger_kernel` for the others.
+LIGER_MODEL_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "gemma", "gemma2", "qwen2", "qwen3", "phi3", "mllama",
+    "qwen2_vl", "qwen2_5_vl", "paligemma", "llava",
+})
+# transformers' ForCausalLMLoss: logits.float() then cross_entropy. Its largest moment is
+# LogSoftmaxBackward: the saved fp32 output + the fp32 gradient from nll_loss + the fp32 gradient
+# it returns = 12 bytes per logit (forward holds at most 2 + 4 + 4 = 10).
+LOSS_BYTES_PER_LOGIT = 12
+# Bytes per element that an MLP activation written as pointwise ops saves, (with, without)
+# autocast: NewGELU keeps its input (fp32 under autocast: pow), tanh's output, 0.5 * input and
+# 1 + tanh; FastGELU six tensors; QuickGELU input and sigmoid. F.gelu / F.silu keep the input.
+ACTIVATION_BYTES = {"gelu_new": (14, 4), "gelu_fast": (12, 6), "quick_gelu": (4, 2)}
+# Module names by role (the catalog's families); other names are classified by shape.
+ROLES = {
+    "attn_in": frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn"}),
+    "attn_out": frozenset({"o_proj", "dense", "out_proj"}),
+    "mlp_in": frozenset({"gate_proj", "up_proj", "gate_up_proj", "dense_h_to_4h", "fc1", "c_fc"}),
+    "mlp_out": frozenset({"down_proj", "dense_4h_to_h", "fc2"}),
+}
+# SDPA calls that broadcast one K/V head over all query heads without `enable_gqa` (Falcon's own
+# attention): flash and memory-efficient kernels refuse them, the math kernel runs in fp32.
+MATH_SDPA_TYPES = frozenset({"falcon"})
+# transformers' configuration defaults for dropout where a config may omit them (GPT-2 style).
+DEFAULT_DROPOUT = {"gpt_bigcode": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}}
+
+# --- activations ------------------------------------------------------------------------------
+
+
+def liger_applies(spec: Spec) -> bool:
+    return spec.liger_kernel and spec.resolved_model.shape.model_type in LIGER_MODEL_TYPES
+
+
+def _role(lin: LinearShape, shape: ModelShape) -> str:
+    """attn_in | attn_out | mlp_in | mlp_out, by module name, else by shape."""
+    name = lin.name.rsplit(".", 1)[-1]
+    for role, names in ROLES.items():
+        if name in names:
+            return role
+    hidden, inter = shape.hidden_size, shape.intermediate_size
+    if lin.out_features != hidden:
+        return "mlp_in" if lin.count > 1 or lin.out_features in (inter, 2 * inter) else "attn_in"
+    return "mlp_out" if lin.count > 1 or lin.in_features == inter else "attn_out"
+
+
+_LAYOUTS: dict[int, tuple[object, dict[tuple[str, bool], list[LinearShape]]]] = {}
+
+
+def _layout(shape: ModelShape) -> dict[tuple[str, bool], list[LinearShape]]:
+    """The layer's linears by (role, expert), computed once per shape (estimates stay fast)."""
+    cached = _LAYOUTS.get(id(shape.layer_linears))
+    if cached is not None and cached[0] is shape.layer_linears:
+        return cached[1]
+    layout: dict[tuple[str, bool], list[LinearShape]] = {}
+    for lin in shape.layer_linears:
+        layout.setdefault((_role(lin, shape), lin.count > 1), []).append(lin)
+    if len(_LAYOUTS) > 1024:
+        _LAYOUTS.clear()
+    _LAYOUTS[id(shape.layer_linears)] = (shape.layer_linears, layout)
+    return layout
+
+
+def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[int, int, int]:
+    """(bytes per token one norm saves, norms per layer, bytes of their output elements).
+
+    RMSNorm (Llama): `.to(float32)` copy saved by pow/mul (4 B), and with a trainable weight the
+    `h.to(input_dtype)` it multiplies; output = promote(weight, input). LayerNorm: under CUDA
+    autocast runs in fp32 (saves an fp32 copy, outputs fp32), else saves its input. Liger's
+    RMSNorm saves its input and the row rstd only.
+    """
+    hidden = shape.hidden_size
+    other = shape.layer_other_params - shape.num_experts * hidden  # Mixtral's router is there
+    if shape.model_type in LAYERNORM_TYPES:
+        width = 4 if dt.autocast else dt.hidden
+        return hidden * width, max(1, other // (2 * hidden)), width
+    count = max(1, other // hidden)
+    if liger_applies(spec):
+        return hidden * dt.hidden, count, dt.hidden
+    weight = dt.trainable if trainable else dt.frozen
+    return hidden * (4 + (dt.hidden if trainable else 0)), count, max(weight, dt.hidden)
+
+
+def _qk_norms(shape: ModelShape) -> int:
+    """Qwen3's per-head q/k RMSNorms keep fp32 copies of q and k, per token."""
+    if shape.model_type not in QK_NORM_TYPES:
+        return 0
+    return 4 * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
+
+
+def dropout_rates(spec: Spec) -> tuple[float, float, float]:
+    """(residual, embedding, attention) dropout probabilities of the model in training mode."""
+    config = spec.resolved_model.config
+    config = {**DEFAULT_DROPOUT.get(config.get("model_type"), {}), **config,
+              **(config.get("text_config") or {})}
+    residual = config.get("resid_pdrop") or config.get("hidden_dropout") or 0.0
+    attention = config.get("attn_pdrop") or config.get("attention_dropout") or 0.0
+    return float(residual), float(config.get("embd_pdrop") or 0.0), float(attention)
+
+
+def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:
+    """Per token. SDPA/flash (no mask, native GQA): q, k, v, output, fp32 logsumexp (dropout
+    inside the kernel keeps only its RNG state). Eager: q and the repeated k, v, softmax's fp32
+    output and its cast back (Korthikanti's 5as term), + a bool mask with attention dropout.
+    SDPA's math kernel (MATH_SDPA_TYPES with fewer K/V heads): fp32 q, expanded k, v, probs."""
+    heads = shape.num_attention_heads
+    q = heads * shape.head_dim
+    kv = shape.num_key_value_heads * shape.head_dim
+    if spec.attention == "eager":
+        probs = 4 + (dt.compute if dt.compute < 4 else 0) + (1 if dropout_rates(spec)[2] else 0)
+        return 3 * q * dt.compute + heads * seq * probs
+    if shape.model_type in MATH_SDPA_TYPES and kv < q and spec.attention == "sdpa":
+        return 3 * q * 4 + heads * seq * 4
+    return (2 * q + 2 * kv) * dt.compute + heads * 4
+
+
+def _mlp_groups(shape: ModelShape) -> list[tuple[int, bool, int, bool]]:
+    """(intermediate, gated, tokens per token, expert) per MLP: the dense one, the experts."""
+    groups, layout = [], _layout(shape)
+    for expert in (False, True):
+        ins, outs = layout.get(("mlp_in", expert)), layout.get(("mlp_out", expert))
+        if not ins or not outs:
+            continue
+        inter = outs[0].in_features
+        gated = len(ins) >= 2 or ins[0].out_features == 2 * inter
+        groups.append((inter, gated, shape.num_experts_per_tok if expert else 1, expert))
+    return groups
+
+
+def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes) -> float:
+    """Per token: gated MLP keeps act input, act output, up (3 I; Liger's SwiGLU 2 I); plain MLP
+    the activation's saved input(s); experts x top-k, + the expert output (scaled by its routing
+    weight) + router logits, their fp32 copy and probabilities."""
+    total = 0
+    for inter, gated, per_token, expert in _mlp_groups(shape):
+        saved = (2 if liger_applies(spec) and not expert else 3) * dt.compute if gated else (
+            activation_bytes(spec.resolved_model.config.get("hidden_act"), dt))
+        total += per_token * (saved * inter + (shape.hidden_size * dt.compute if expert else 0))
+    return total + shape.num_experts * (dt.compute + 8)
+
+
+def activation_bytes(name: str | None, dt: Dtypes) -> int:
+    """Bytes per intermediate element a non-gated MLP's activation keeps."""
+    amp, plain = ACTIVATION_BYTES.get(name or "gelu", (dt.compute, 1))
+    return amp if dt.autocast else plain * dt.compute
+
+
+def lora_input_bytes(x_bytes: int, dt: Dtypes, spec: Spec) -> tuple[bool, int]:
+    """What one LoRA module's lora_A keeps of its input, per input feature: (keeps the shared
+    input itself, bytes of its own copy). peft casts x to the adapter dtype (bnb layers skip the
+    cast under autocast); dropout > 0 keeps a bool mask and a new tensor; autocast recasts to the
+    compute dtype what is not already in it."""
+    width, fresh, own = x_bytes, False, 0
+    if (spec.method == "lora" or not dt.autocast) and x_bytes != dt.trainable:
+        width, fresh = dt.trainable, True
+    if spec.lora_dropout > 0:
+        own, fresh = 1, True
+    if dt.autocast and width != dt.compute:
+        width, fresh = dt.compute, True
+    return (False, own + width) if fresh else (True, own)
+
+
+def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
+                   norm_out: int, roles: tuple[str, ...]) -> float:
+    """Per token: inputs the linears keep for backward. A trainable weight needs its input
+    (autocast recasts an fp32 input per linear); frozen nn.Linear and 4-bit layers keep nothing,
+    8-bit MatMul8bitLt keeps its input; LoRA keeps what `lora_input_bytes` says + lora_A's output.
+    Linears of one role read one tensor, kept once; SDPA already keeps o_proj's input."""
+    targets = set(spec.target_modules) if spec.method in ("lora", "qlora") else set()
+    lora_out = dt.compute if dt.autocast else dt.trainable
+    total = 0
+    for (role, expert), members in _layout(shape).items():
+        if role not in roles:
+            continue
+        x_bytes = norm_out if role in ("attn_in", "mlp_in") else dt.compute
+        per_token = shape.num_experts_per_tok if expert else 1
+        shared, own = False, 0
+        for lin in members:
+            if trainable and (expert or (dt.autocast and x_bytes != dt.compute)):
+                own += lin.in_features * dt.compute
+            elif trainable or (spec.quant_bits == 8 and not lin.fused):
+                shared = True
+            if lin.name in targets and not lin.fused:
+                keeps_x, copy = lora_input_bytes(x_bytes, dt, spec)
+                shared |= keeps_x
+                own += lin.in_features * copy + spec.lora_rank * lora_out
+        sdpa_out = role == "attn_out" and spec.attention != "eager"
+        total += per_token * (own + (members[0].in_features * x_bytes
+                                     if shared and not sdpa_out else 0))
+    return total
+
+
+def _layer_halves(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
+                  trainable: bool) -> tuple[float, float]:
+    """Per token, what one decoder layer saves for backward, split where backward splits it:
+    (first norm + attention inputs + attention core, the rest: o_proj's input, second norm, MLP,
+    residual dropout masks). Backward frees the second half before it reaches the first."""
+    dt = dt.in_layer(trainable)
+    one_norm, norms, norm_out = _norms(spec, shape, dt, trainable)
+    masks = 2 * shape.hidden_size if dropout_rates(spec)[0] else 0
+    first = (one_norm + _qk_norms(shape) + _attention_core(spec, shape, dt, seq)
+             + _linear_inputs(spec, shape, dt, trainable, norm_out, ("attn_in",)))
+    second = (one_norm * (norms - 1) + _mlp_activations(spec, shape, dt) + masks
+              + _linear_inputs(spec, shape, dt, trainable, norm_out,
+                               ("attn_out", "mlp_in", "mlp_out")))
+    return first, second
+
+
+def layer_activation_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
+                               trainable: bool) -> float:
+    """Bytes one decoder layer saves for backward, per token (no checkpointing): norms, the
+    attention core, the MLP's activations, the linears' inputs, residual dropout masks."""
+    return sum(_layer_halves(spec, shape, dt, seq, trainable))
+
+
+def checkpoint_kept_per_token(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Per token and layer, what checkpointing does not drop: the layer's input, and under
+    the recipe's non-reentrant checkpoint the inputs bitsandbytes' MatMul8bitLt keeps in
+    `ctx.tensors` (not saved tensors, so checkpoint's hooks never see them)."""
+    kept = shape.hidden_size * dt.hidden
+    if spec.method == "qlora" and spec.quant_bits == 8:
+        for (_, expert), members in _layout(shape).items():
+            kept += 0 if expert else members[0].in_features * dt.compute
+    return kept
+
+
+def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
+    """(trainable matmul weights, of which the output head): under CUDA autocast each fp32
+    trainable weight a matmul reads gets a cached half copy, saved for backward by its op."""
+    head = (shape.lm_head_params or shape.embedding_params) if spec.method == "full" else 0
+    if spec.method == "full":
+        layers = shape.num_layers
+    elif spec.method == "freeze":
+        layers = spec.freeze_trainable_layers
+    else:
+        return numel(adapter_tensors(spec, shape)), 0
+    weights = layers * sum(lin.count * lin.in_features * lin.out_features
+                           for lin in shape.layer_linears)
+    if shape.vision is not None and spec.train_vision_tower:
+        weights += numel(vision_linears(shape))
+    if shape.vision is not None and spec.train_projector:
+        weights += shape.projector_params
+    return weights + head, head
+
+
+def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
+                             trainable: bool) -> float:
+    """Per token, during one layer's backward: the layer recomputed (checkpointing), the residual
+    gradient in and out, and the larger of the MLP's gradient pair (2 I) and attention's
+    backward buffers (eager: softmax backward holds its fp32 output, the fp32 gradient and its
+    result, 12 bytes per score, of which the saved probabilities are already counted; flash: dq,
+    dk, dv, fp32 dq_accum, dk/dv expanded to all heads under GQA, fp32 softmax_d)."""
+    heads, hd, kv = shape.num_attention_heads, shape.head_dim, shape.num_key_value_heads
+    dt = dt.in_layer(trainable)
+    if spec.attention == "eager":
+        attention = heads * seq * (12 - 4 - (dt.compute if dt.compute < 4 else 0))
+    else:
+        expanded = 2 * heads * hd * dt.compute if kv < heads else 0
+        attention = (heads + 2 * kv) * hd * dt.compute + heads * hd * 4 + expanded + heads * 4
+    mlp = max((per * 2 * inter * dt.compute for inter, _, per, _ in _mlp_groups(shape)), default=0)
+    first, second = _layer_halves(spec, shape, dt, seq, trainable)
+    if spec.gradient_checkpointing:  # the recomputed layer, then freed half by half
+        worst = max(first + second + mlp, first + attention)
+    else:  # the layer's activations are in the saved ones already
+        worst = max(mlp, attention - second)
+    return 2 * shape.hidden_size * dt.hidden + worst

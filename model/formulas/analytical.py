@@ -1,0 +1,273 @@
+"""The `analytical` estimator: the peak of one training step, moment by moment.
+
+Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
+(parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
+during part of a step. In steady state (step >= 2: optimizer states exist;
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of seven
+moments:
+
+- `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
+  for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
+  half weight copies autocast caches for checkpointed layers (freed when forward returns).
+- `loss_backward`: resident + saved activations + cross-entropy backward, 12 bytes per logit
+  (Liger: one chunk of logits and the input gradient, made in forward).
+- `head_backward`: resident + saved activations + the logits' gradient in the compute dtype + the
+  output head's weight gradient (full fine-tuning) + the head gathered by ZeRO-3.
+- `layer_backward` (last decoder layer): resident + saved activations + that layer recomputed
+  (checkpointing) and its gradient temporaries + one dequantized weight (QLoRA) + gathered ZeRO-3
+  parameters + the gradients made so far (output head, one layer).
+- `backward_end`: resident + all gradients + a tied embedding's second gradient (the input
+  embedding's, added into the output head's).
+- `vision_forward` (VLMs): resident + the vision tower's working set over all images.
+- `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
+
+Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
+micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. Then peak_reserved =
+peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram = CUDA_CONTEXT_BYTES + peak_reserved
++ paged optimizer states (CUDA managed memory, outside PyTorch's allocator). The breakdown is the
+peak moment's composition (it adds up to peak_vram_bytes); `analytical_terms` gives every term at
+its own size and each moment's total, for the learned model's features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
+from vram_ml.model.formulas import activations as terms
+from vram_ml.model.formulas import vision
+from vram_ml.model.formulas.model_states import Dtypes, ModelStates, model_states
+
+if TYPE_CHECKING:
+    from vram_ml.architectures import ModelShape
+    from vram_ml.spec import Spec
+
+MIB = 1024**2
+# Assumption: a torch CUDA context on an H100 with lazy module loading (NVML shows it, no tensor
+# holds it); the agent measures it per device and GPU samples should replace this number.
+CUDA_CONTEXT_BYTES = 500 * MIB
+# Assumption: the caching allocator reserves this fraction above the allocated peak (block
+# rounding, segments split by transient tensors); to be fitted on GPU samples.
+ALLOCATOR_FRAGMENTATION = 0.05
+# Upper bound = peak x (1 + UPPER_MARGIN): room for fragmentation and kernel workspaces beyond the
+# model, until GPU samples calibrate it. Lower bound = context + allocated peak (no fragmentation).
+UPPER_MARGIN = 0.15
+MOMENTS = ("forward_end", "loss_backward", "head_backward", "layer_backward", "backward_end",
+           "vision_forward", "optimizer_step")
+
+
+# --- analytical: what is alive when -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Every term (bytes, each at its own size), the moments, and the peak."""
+
+    states: ModelStates
+    activations: int  # saved for backward at the end of forward
+    logits: int  # the loss working set at its largest
+    layer_backward: int  # recompute + gradient temporaries of one layer
+    moments: dict[str, dict[str, int]]
+    peak_moment: str
+    peak_allocated: int
+    peak_reserved: int
+    peak_vram: int
+    notes: tuple[str, ...]
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        """The peak moment's composition; adds up to peak_vram."""
+        parts = dict(self.moments[self.peak_moment])
+        parts["optimizer"] = parts.get("optimizer", 0) + self.states.paged_optimizer
+        parts["overhead"] = CUDA_CONTEXT_BYTES + self.peak_reserved - self.peak_allocated
+        return {term: parts.get(term, 0) for term in BREAKDOWN_TERMS}
+
+
+def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
+    """(loss working set, extra during lm_head backward).
+
+    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss; during lm_head backward the
+    logits' gradient in the compute dtype + the gradient into the final norm. With Liger's fused
+    linear cross-entropy only a chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists,
+    and the input gradient (BT x H) is made in forward.
+    """
+    shape = spec.resolved_model.shape
+    vocab, hidden = shape.vocab_size, shape.hidden_size
+    if terms.liger_applies(spec):
+        chunk = 1 << (max(1, -(-tokens // -(-vocab // hidden))) - 1).bit_length()
+        return tokens * hidden * dt.compute + chunk * vocab * dt.compute + tokens * 4, 0
+    logits = tokens * vocab
+    return terms.LOSS_BYTES_PER_LOGIT * logits, logits * dt.compute + tokens * hidden * dt.hidden
+
+
+def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
+    """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
+    log-softmax output (Liger: its chunk, as in `logits_bytes`)."""
+    if terms.liger_applies(spec):
+        return logits_bytes(spec, tokens, dt)[0]
+    upcast = 4 if dt.compute < 4 else 0
+    return tokens * spec.resolved_model.shape.vocab_size * (dt.compute + upcast + 4)
+
+
+def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) -> int:
+    """Activations alive at the end of forward (Korthikanti et al. 2022, section 4).
+
+    Layers in the autograd graph: all of them, but for `freeze` without checkpointing only the
+    trainable last ones (nothing before them requires grad; transformers' checkpointing makes the
+    embeddings' output require grad). Checkpointing keeps each layer's input. Shared: the output
+    norm's fp32 copy (+ lm_head's input when it trains), RoPE cos/sin, eager's B x 1 x S x S float
+    mask, an embedding dropout mask; half copies of trainable fp32 weights under autocast (the
+    output head's only, with checkpointing); the vision tower's when it trains.
+    """
+    seq, hidden = spec.seq_len, shape.hidden_size
+    if spec.gradient_checkpointing:
+        per_token = shape.num_layers * terms.checkpoint_kept_per_token(spec, shape, dt)
+    elif spec.method == "freeze":
+        per_token = spec.freeze_trainable_layers * terms.layer_activation_per_token(
+            spec, shape, dt, seq, True)
+    else:
+        per_token = shape.num_layers * terms.layer_activation_per_token(
+            spec, shape, dt, seq, spec.method == "full")
+    liger = terms.liger_applies(spec)
+    per_token += hidden * (dt.hidden if liger else 4)
+    if spec.method == "full" and not liger:
+        per_token += 2 * hidden * dt.compute  # the norm's output (weight grad), lm_head's input
+    per_token += 2 * shape.head_dim * dt.hidden
+    per_token += seq * dt.hidden if spec.attention == "eager" else 0
+    per_token += hidden if terms.dropout_rates(spec)[1] else 0
+    cast, head = terms.autocast_weight_params(spec, shape) if dt.autocast else (0, 0)
+    cast_saved = head if spec.gradient_checkpointing else cast
+    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec)
+            + vision.vision_activation_bytes(spec, dt))
+
+
+def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Half weight copies the autocast cache holds until forward ends but no op saved
+    (checkpointed layers'); freed when the autocast context exits, before backward."""
+    if not dt.autocast or not spec.gradient_checkpointing:
+        return 0
+    cast, head = terms.autocast_weight_params(spec, shape)
+    return 2 * (cast - head) // _weight_shards(spec)
+
+
+def _weight_shards(spec: Spec) -> int:
+    return spec.num_gpus if spec.zero_stage == 3 else 1
+
+
+def analyse(spec: Spec) -> Analysis:
+    """Every term of the analytical model for `spec`, and when each is alive."""
+    shape = spec.resolved_model.shape
+    dt = Dtypes.of(spec)
+    tokens = spec.batch_size * spec.seq_len
+    states = model_states(spec, shape, dt)
+    activations = saved_activations(spec, shape, dt, tokens)
+    loss_set, head_extra = logits_bytes(spec, tokens, dt)
+    trainable_last = spec.method in ("full", "freeze")
+    layer_extra = int(tokens * terms.layer_backward_per_token(spec, shape, dt, spec.seq_len,
+                                                              trainable_last))
+    resident = {
+        "weights": states.weights, "quantization_constants": states.quantization_constants,
+        "adapters": states.adapters, "optimizer": states.optimizer,
+        "gradients": states.persistent_gradients + states.gradient_buffers,
+    }
+    moments = {
+        "forward_end": {**resident, "activations": activations,
+                        "logits": forward_logits_bytes(spec, tokens, dt),
+                        "temporaries": autocast_cache_extra(spec, shape, dt)},
+        "loss_backward": {**resident, "activations": activations, "logits": loss_set},
+        "head_backward": {**resident, "activations": activations, "logits": head_extra,
+                          "temporaries": states.gathered_head},
+        "layer_backward": {**resident, "activations": activations,
+                           "temporaries": layer_extra + states.dequantized + states.gathered_layer},
+        "backward_end": {**resident, "temporaries": states.tied_gradient},
+        "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
+        "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
+    }
+    made = {
+        # Liger makes the head's weight gradient inside forward
+        "forward_end": states.head_gradients if terms.liger_applies(spec) else 0,
+        "loss_backward": states.head_gradients if terms.liger_applies(spec) else 0,
+        "head_backward": states.head_gradients,
+        "layer_backward": states.head_gradients + states.layer_gradients,
+        "backward_end": states.gradients,
+        "optimizer_step": states.gradients,
+    }
+    for moment, gradients in made.items():
+        moments[moment]["gradients"] += max(0, gradients - states.persistent_gradients)
+    totals = {name: sum(parts.values()) for name, parts in moments.items()}
+    peak_moment = max(MOMENTS, key=lambda name: totals[name])
+    allocated = totals[peak_moment]
+    reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
+    notes = [*_notes(spec, shape),
+             f"peak at {peak_moment.replace('_', ' ')} (steady state: optimizer step >= 2)"]
+    return Analysis(
+        states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
+        moments=moments, peak_moment=peak_moment, peak_allocated=allocated,
+        peak_reserved=reserved, peak_vram=CUDA_CONTEXT_BYTES + reserved + states.paged_optimizer,
+        notes=tuple(notes),
+    )
+
+
+def _notes(spec: Spec, shape: ModelShape) -> list[str]:
+    notes = []
+    if spec.liger_kernel and not terms.liger_applies(spec):
+        notes.append(f"liger_kernel: not supported for {shape.model_type}; estimated without it")
+    if spec.method == "freeze" and spec.precision == "no_amp":
+        notes.append("freeze + no_amp: fp32 trainable layers meet half-precision ones without "
+                     "autocast; estimated as if it ran")
+    if spec.images_per_sample:
+        needed = vision.image_geometry(spec).lm_tokens * spec.images_per_sample
+        if needed > spec.seq_len:
+            notes.append(f"images need {needed} tokens, more than seq_len {spec.seq_len} "
+                         "(the recipe refuses; LLaMA-Factory truncates)")
+        if shape.vision.kind == "mllama":
+            notes.append("mllama: cross-attention over image states not modelled")
+    if spec.optimizer.startswith("paged_"):
+        notes.append("paged optimizer states: CUDA managed memory, outside PyTorch's allocator")
+    return notes
+
+
+def analytical_terms(spec: Spec) -> dict[str, int]:
+    """Every term at its own size plus each moment's total (features for the learned model)."""
+    analysis = analyse(spec)
+    states = analysis.states
+    features = {
+        "weights": states.weights, "quantization_constants": states.quantization_constants,
+        "adapters": states.adapters, "gradients": states.gradients,
+        "gradient_buffers": states.gradient_buffers,
+        "optimizer": states.optimizer + states.paged_optimizer,
+        "optimizer_temporaries": states.optimizer_temporaries,
+        "activations": analysis.activations, "logits": analysis.logits,
+        "layer_backward_temporaries": analysis.layer_backward,
+        "dequantized_weight": states.dequantized, "trainable_params": states.trainable_params,
+    }
+    features.update({f"moment_{name}": sum(parts.values())
+                     for name, parts in analysis.moments.items()})
+    return features
+
+
+def analytical_breakdown(spec: Spec) -> dict[str, int]:
+    """The analytical peak's composition (BREAKDOWN_TERMS keys; adds up to the peak)."""
+    return analyse(spec).breakdown
+
+
+@dataclass
+class AnalyticalEstimator:
+    """The refined closed form; see the module docstring for the peak composition."""
+
+    name: str = "analytical"
+
+    def estimate(self, spec: Spec) -> Estimate:
+        analysis = analyse(spec)
+        return Estimate(
+            estimator=self.name,
+            peak_vram_bytes=analysis.peak_vram,
+            breakdown=analysis.breakdown,
+            lower_vram_bytes=CUDA_CONTEXT_BYTES + analysis.peak_allocated
+            + analysis.states.paged_optimizer,
+            upper_vram_bytes=int(analysis.peak_vram * (1 + UPPER_MARGIN)),
+            peak_allocated_bytes=analysis.peak_allocated,
+            peak_reserved_bytes=analysis.peak_reserved,
+            notes=list(analysis.notes),
+        )

@@ -1,0 +1,297 @@
+"""Model states: what the parameters, their gradients and the optimizer cost, in bytes.
+
+The analytical estimator's resident terms: dtypes per tensor kind, trainable / adapter /
+quantized parameter tensors, 4-bit and 8-bit quantization constants (Dettmers et al. 2023, as
+bitsandbytes 0.50 implements them), optimizer states and temporaries, and their sharding under
+ZeRO (Rajbhandari et al. 2020, section 5). Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vram_ml.architectures import ModelShape
+    from vram_ml.spec import Spec
+
+# bitsandbytes functional.quantize_4bit: blocksize 64, one fp32 absmax per block; double quant
+# stores it as uint8 and adds an fp32 absmax per 256 blocks (quantize_blockwise) + an fp32 offset.
+NF4_BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256
+NF4_CODE_BYTES = 16 * 4  # the 16-value fp32 code each QuantState keeps
+# bitsandbytes optimizers: 8-bit blockwise states (block 256, fp32 absmax) for tensors of at least
+# min_8bit_size = 4096 elements, fp32 states below that.
+BNB_8BIT_MIN_SIZE = 4096
+BNB_8BIT_BLOCKSIZE = 256
+# LLaMA-Factory examples/deepspeed/ds_z{0,2}_config.json: reduce_bucket_size 5e8 elements;
+# ds_z3_config.json: stage3_max_live_parameters 1e9, prefetch bucket "auto" = 0.9 x hidden^2.
+ZERO_BUCKET_ELEMENTS = 500_000_000
+ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
+
+Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector of `rows`
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Bytes per element of each kind of tensor, for one spec (the Spec docstring's semantics)."""
+
+    frozen: int  # frozen, unquantized weights (LLaMA-Factory's compute dtype)
+    trainable: int  # trainable parameters and their gradients
+    compute: int  # matmul outputs and most saved activations
+    hidden: int  # the residual stream (the embedding's dtype, promoted by the residual adds)
+    autocast: bool
+    master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
+
+    @classmethod
+    def of(cls, spec: Spec) -> Dtypes:
+        if spec.precision == "fp32":
+            return cls(4, 4, 4, 4, False, 0)
+        if spec.zero_stage and spec.precision != "no_amp":
+            # DeepSpeed bf16/fp16 casts the module to half; fp32 master weights live in the
+            # optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no torch autocast.
+            return cls(2, 2, 2, 2, False, 4)
+        if spec.precision == "pure_bf16":
+            return cls(2, 2, 2, 2, False, 0)
+        # bf16/fp16 AMP and no_amp: half frozen weights, trainable params upcast to fp32
+        # (LLaMA-Factory's cast_trainable_params_to_fp32). Full fine-tuning upcasts everything,
+        # so without autocast it computes in fp32 and with it the residual stream stays fp32.
+        full = spec.method == "full"
+        if spec.precision == "no_amp":
+            return cls(2, 4, 4 if full else 2, 4 if full else 2, False, 0)
+        return cls(2, 4, 2, 4 if full else 2, True, 0)
+
+    def in_layer(self, trainable: bool) -> Dtypes:
+        """Without autocast an fp32 trainable layer computes in fp32 (its norm's fp32 weight
+        promotes the stream): freeze + no_amp."""
+        if trainable and not self.autocast and self.trainable == 4:
+            return Dtypes(self.frozen, 4, 4, 4, False, self.master)
+        return self
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def numel(tensors: Tensors) -> int:
+    return sum(rows * max(cols, 1) * count for rows, cols, count in tensors)
+
+
+def vision_linears(shape: ModelShape) -> Tensors:
+    """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
+    v = shape.vision
+    mlp = 3 if v.kind == "qwen2_5_vl" else 2
+    return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
+            (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]
+
+
+def _vision_tensors(shape: ModelShape) -> Tensors:
+    linear = vision_linears(shape)
+    rest = shape.vision.tower_params - numel(linear)
+    return linear + [(rest, 0, 1)] if rest > 0 else [(shape.vision.tower_params, 0, 1)]
+
+
+def _projector_tensors(shape: ModelShape) -> Tensors:
+    """The projector as one linear into the text hidden size (exact in parameter count)."""
+    hidden = shape.hidden_size
+    return [(hidden, shape.projector_params // hidden, 1)]
+
+
+def _layer_tensors(shape: ModelShape) -> Tensors:
+    tensors = [(lin.out_features, lin.in_features, lin.count) for lin in shape.layer_linears]
+    tensors += [(lin.out_features, 0, lin.count) for lin in shape.layer_linears if lin.bias]
+    return tensors + [(shape.layer_other_params, 0, 1)]
+
+
+def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
+    """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
+    vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
+    hidden, tensors = shape.hidden_size, []
+    if spec.method == "full":
+        tensors = [(shape.embedding_params // hidden, hidden, 1),
+                   (shape.final_norm_params + shape.extra_params, 0, 1)]
+        tensors += [(t[0], t[1], t[2] * shape.num_layers) for t in _layer_tensors(shape)]
+        if shape.lm_head_params:
+            tensors.append((shape.lm_head_params // hidden, hidden, 1))
+    elif spec.method == "freeze":
+        layers = spec.freeze_trainable_layers
+        tensors = [(t[0], t[1], t[2] * layers) for t in _layer_tensors(shape)]
+    if shape.vision is not None and spec.method in ("full", "freeze"):
+        tensors += _vision_tensors(shape) if spec.train_vision_tower else []
+        tensors += _projector_tensors(shape) if spec.train_projector else []
+    return tensors
+
+
+def _lora_pair(rank: int, in_features: int, out_features: int, count: int) -> Tensors:
+    return [(rank, in_features, count), (out_features, rank, count)]  # A: r x in, B: out x r
+
+
+def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
+    """LoRA A and B per targeted linear of every decoder layer (peft LoraLayer); the vision tower
+    and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
+    if spec.method not in ("lora", "qlora"):
+        return []
+    rank, targets = spec.lora_rank, set(spec.target_modules)
+    tensors = []
+    for lin in shape.layer_linears:
+        if lin.name in targets and not lin.fused:
+            tensors += _lora_pair(rank, lin.in_features, lin.out_features,
+                                  lin.count * shape.num_layers)
+    if shape.vision is not None and spec.lora_target == ("all",):
+        if spec.train_vision_tower:
+            for rows, cols, count in vision_linears(shape):
+                tensors += _lora_pair(rank, cols, rows, count)
+        if spec.train_projector:
+            tensors += _lora_pair(rank, shape.projector_params // shape.hidden_size,
+                                  shape.hidden_size, 1)
+    return tensors
+
+
+def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
+    """What transformers' bitsandbytes integration quantizes: every nn.Linear but the output head
+    (get_keys_to_not_convert), so the vision tower and projector too; fused experts are not
+    nn.Linear and stay in the compute dtype."""
+    if spec.method != "qlora":
+        return []
+    tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
+               for lin in shape.layer_linears if not lin.fused]
+    if shape.vision is not None:
+        tensors += vision_linears(shape) + _projector_tensors(shape)
+    return tensors
+
+
+def quantization_constant_bytes(spec: Spec, tensors: Tensors) -> int:
+    """4-bit: absmax per 64 weights (fp32, or uint8 + fp32 per 256 blocks + offset with double
+    quant) + the code; 8-bit (LLM.int8 Int8Params): one fp32 scale (SCB) per output row."""
+    total = 0
+    for rows, cols, count in tensors:
+        if spec.quant_bits == 8:
+            total += rows * 4 * count
+            continue
+        blocks = ceil(rows * cols / NF4_BLOCKSIZE)
+        if spec.double_quant:
+            per = blocks + ceil(blocks / NESTED_BLOCKSIZE) * 4 + 4 + NF4_CODE_BYTES
+        else:
+            per = blocks * 4 + NF4_CODE_BYTES
+        total += per * count
+    return total
+
+
+# --- optimizer --------------------------------------------------------------------------------
+
+
+def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
+    """(states, step temporaries) of `optimizer` over the trainable tensors.
+
+    AdamW (torch, zeros_like(param)): exp_avg + exp_avg_sq in the parameter's dtype; `foreach`
+    (HF's adamw_torch on CUDA) makes one more full copy (_foreach_sqrt of exp_avg_sq), fused none.
+    bitsandbytes 8-bit: 2 uint8 states + fp32 absmax per 256 (fp32 states for small tensors);
+    32-bit paged: 2 fp32 states. SGD (momentum 0, HF's default): none. Adafactor (HF, beta1 None):
+    fp32 row + column factors per matrix, a full fp32 state per vector; its step works one
+    parameter at a time with ~2 fp32 temporaries of it (update, grad**2).
+    """
+    states = temporaries = 0
+    for rows, cols, count in tensors:
+        size = rows * max(cols, 1)
+        if optimizer in ("adamw_torch", "adamw_torch_fused"):
+            per = 2 * size * state_bytes
+        elif optimizer == "paged_adamw_32bit":
+            per = 8 * size
+        elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            per = (2 * size + 8 * ceil(size / BNB_8BIT_BLOCKSIZE)
+                   if size >= BNB_8BIT_MIN_SIZE else 8 * size)
+        elif optimizer == "adafactor":
+            per = (rows + cols) * 4 if cols else size * 4
+            temporaries = max(temporaries, 2 * size * 4)
+        else:  # sgd
+            per = 0
+        states += per * count
+    if optimizer == "adamw_torch":
+        temporaries = numel(tensors) * state_bytes
+    return states, temporaries
+
+
+# --- model states: weights, gradients, optimizer (ZeRO sharding) ------------------------------
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Per-GPU bytes of the parameters, their gradients and optimizer states."""
+
+    weights: int
+    quantization_constants: int
+    adapters: int
+    trainable_params: int
+    gradients: int  # all gradients, once backward is done
+    persistent_gradients: int  # alive through forward (gradient accumulation)
+    gradient_buffers: int  # DDP buckets / ZeRO reduce bucket
+    head_gradients: int  # made at lm_head backward (full fine-tuning)
+    layer_gradients: int  # one decoder layer's
+    optimizer: int  # in PyTorch's allocator
+    paged_optimizer: int  # bitsandbytes paged states (CUDA managed memory)
+    optimizer_temporaries: int
+    tied_gradient: int  # a tied embedding's input-side gradient before it is added in
+    dequantized: int  # one quantized weight dequantized (QLoRA forward/backward)
+    gathered_head: int  # ZeRO-3: the output head gathered for its backward
+    gathered_layer: int  # ZeRO-3: a layer's parameters (+ prefetch) gathered
+
+
+def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
+    """Weights by dtype (frozen half, trainable fp32, 4/8-bit packed), gradients in the trainable
+    dtype, optimizer states; ZeRO (Rajbhandari et al. 2020, section 5.1) divides optimizer states
+    (stage 1), + gradients (2), + parameters (3) by the GPU count. Plain data parallel (DDP,
+    gradient_as_bucket_view=False) keeps a bucket copy of every gradient."""
+    gpus, stage = spec.num_gpus, spec.zero_stage
+    base = base_trainable_tensors(spec, shape)
+    adapters = adapter_tensors(spec, shape)
+    base_params, adapter_params = numel(base), numel(adapters)
+    quantized = quantized_tensors(spec, shape)
+    packed = numel(quantized)
+    frozen = shape.total_params - base_params - packed
+    weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
+    weights += base_params * dt.trainable
+    trainable = base + adapters
+    params = base_params + adapter_params
+    state_bytes = 4 if dt.master else dt.trainable
+    states, temporaries = optimizer_bytes(spec.optimizer, trainable, state_bytes)
+    states += params * dt.master
+    temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
+    shard_w, shard_g, shard_o = (gpus if stage >= level else 1 for level in (3, 2, 1))
+    gradients = params * dt.trainable // shard_g
+    if gpus > 1 and stage == 0:
+        buffers = params * dt.trainable
+    elif stage in (1, 2):
+        buffers = min(ZERO_BUCKET_ELEMENTS, params) * dt.trainable
+    elif stage == 3:
+        buffers = min(shape.hidden_size**2, params) * dt.trainable
+    else:
+        buffers = 0
+    head = shape.lm_head_params or shape.embedding_params
+    one_layer = (shape.layer_params if spec.method in ("full", "freeze")
+                 else adapter_params // max(1, shape.num_layers))
+    largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
+    paged = spec.optimizer.startswith("paged_")
+    gathered = stage == 3
+    return ModelStates(
+        weights=weights // shard_w,
+        quantization_constants=quantization_constant_bytes(spec, quantized),
+        adapters=adapter_params * dt.trainable // shard_w,
+        trainable_params=params,
+        gradients=gradients,
+        persistent_gradients=gradients if spec.gradient_accumulation > 1 else 0,
+        gradient_buffers=buffers,
+        head_gradients=(head + shape.final_norm_params) * dt.trainable // shard_g
+        if spec.method == "full" else 0,
+        layer_gradients=one_layer * dt.trainable // shard_g,
+        optimizer=0 if paged else states // shard_o,
+        paged_optimizer=states // shard_o if paged else 0,
+        optimizer_temporaries=temporaries // shard_o,
+        tied_gradient=shape.embedding_params * dt.trainable // shard_g
+        if spec.method == "full" and not shape.lm_head_params else 0,
+        dequantized=largest * (dt.compute if spec.quant_bits == 8 else dt.frozen)
+        + (largest // NF4_BLOCKSIZE * 4 if spec.quant_bits == 4 and spec.double_quant else 0),
+        gathered_head=head * dt.frozen if gathered else 0,
+        gathered_layer=min(ZERO3_MAX_LIVE_PARAMETERS,
+                           shape.layer_params + shape.hidden_size**2) * dt.frozen
+        if gathered else 0,
+    )

@@ -1,0 +1,164 @@
+"""The vision tower's terms of the analytical estimator: image geometry, pixel values and what a
+(usually frozen) tower keeps for backward, in bytes. Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+from typing import TYPE_CHECKING
+
+from vram_ml.model.formulas.activations import activation_bytes
+from vram_ml.model.formulas.model_states import Dtypes
+
+if TYPE_CHECKING:
+    from vram_ml.architectures import ModelShape
+    from vram_ml.spec import Spec
+
+# --- images -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    lm_tokens: int  # tokens one image puts in the text sequence
+    encoder_tokens: int  # patch states the vision tower runs for one image
+
+
+def image_geometry(spec: Spec) -> ImageGeometry:
+    """Qwen2-VL: smart_resize to a multiple of patch x merge, (side / patch)^2 patches, merged
+    merge^2 to one token (+ vision start/end); Idefics3: one tile per `image_size` square + a
+    global view; fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
+    v = spec.resolved_model.shape.vision
+    if v.dynamic_resolution:
+        factor = v.patch_size * v.spatial_merge_size
+        side = max(factor, round(spec.image_resolution / factor) * factor)
+        patches = (side // v.patch_size) ** 2
+        return ImageGeometry(patches // v.spatial_merge_size**2 + 2, patches)
+    tokens = v.fixed_image_tokens or (v.image_size // v.patch_size) ** 2
+    encoder = v.encoder_tokens_per_image or tokens
+    if v.kind == "idefics3":
+        tiles = ceil(spec.image_resolution / v.image_size) ** 2
+        tiles += 1 if tiles > 1 else 0
+        return ImageGeometry(tiles * tokens, tiles * encoder)
+    return ImageGeometry(tokens, encoder)
+
+
+
+def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
+    """A ViT layer per patch (towers are usually frozen; checked on LLaVA's CLIP and Qwen2-VL):
+    two norms' fp32 copies, the attention core, the MLP activation (QuickGELU for CLIP and
+    Qwen2-VL, SwiGLU for Qwen2.5-VL, GELU for SigLIP), the linears' inputs. Qwen2-VL's fused qkv
+    keeps its whole output alive and its rotary embedding runs in fp32."""
+    v = shape.vision
+    h, inter, heads = v.hidden_size, v.intermediate_size, v.num_attention_heads
+    qwen = v.kind in ("qwen2_vl", "qwen2_5_vl")
+    if spec.attention == "eager":
+        core = 3 * h * dt.compute + heads * patches * (4 + dt.compute)
+    else:
+        core = (7 if qwen else 4) * h * dt.compute + heads * 4
+    core += 2 * (h // heads) * 4 if qwen else 0
+    act = {"qwen2_5_vl": 3 * dt.compute, "siglip": dt.compute}.get(
+        v.kind, activation_bytes("quick_gelu", dt))
+    return 2 * h * 4 + core + act * inter + (3 * h + inter) * dt.compute
+
+
+def pixel_bytes(spec: Spec) -> int:
+    """The batch's fp32 `pixel_values` (the processors' dtype; the recipe's make_batch), alive
+    through the step: Qwen2-VL flattens each patch to channels x temporal x patch^2 values;
+    fixed towers take 3 x side^2 per image (per tile for tiled towers)."""
+    v, geometry = spec.resolved_model.shape.vision, image_geometry(spec)
+    images = spec.batch_size * spec.images_per_sample
+    if v.dynamic_resolution:
+        return images * geometry.encoder_tokens * 3 * v.temporal_patch_size * v.patch_size**2 * 4
+    per_image = v.encoder_tokens_per_image or v.fixed_image_tokens or (
+        v.image_size // v.patch_size) ** 2
+    return images * max(1, geometry.encoder_tokens // per_image) * 3 * v.image_size**2 * 4
+
+
+def vision_in_graph(spec: Spec) -> bool:
+    """Whether the tower's forward is recorded by autograd. A trained tower, or any tower under
+    gradient checkpointing: transformers 5.24 `activation_checkpointing_enable` calls
+    `enable_input_require_grads` (modeling_utils.py:3190-3198; the top model's main input is
+    input_ids, and peft's `prepare_model_for_gradient_checkpointing`, peft_model.py:184/728,
+    does the same for lora), which hooks `get_input_embeddings()` of *every* PreTrainedModel
+    submodule (modeling_utils.py:2147-2185): Qwen2-VL / Qwen2.5-VL's vision model declares
+    `_input_embed_layer = "patch_embed"` (modeling_qwen2_vl.py:647, modeling_qwen2_5_vl.py:389),
+    LLaVA's CLIPVisionModel `"patch_embedding"`, found under `self.embeddings`
+    (modeling_clip.py:588, modeling_utils.py:983-985). The patch embedding's output then requires
+    grad and every frozen block after it is in the graph; without checkpointing nothing installs
+    the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing."""
+    return spec.train_vision_tower or spec.gradient_checkpointing
+
+
+def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
+    """The tower's residual stream: CLIP's pre_layrnorm is an nn.LayerNorm, fp32 under autocast,
+    so its blocks add into fp32 (modeling_clip.py CLIPVisionTransformer); Qwen's patch embedding
+    output and blocks stay in the compute dtype."""
+    return 4 if shape.vision.kind == "clip" and dt.autocast else dt.compute
+
+
+def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
+    """What a tower in the graph keeps once (not per block) when its weights are frozen: Qwen's
+    fp32 rotary cos and sin (inputs of every checkpointed block), the merger's norm (ln_q: an fp32
+    copy under autocast + its statistics) and GELU input; CLIP's pre_layrnorm (fp32 copy +
+    mean/rstd) and LLaVA's projector GELU input; the text side's masked_scatter mask (bool)."""
+    v = shape.vision
+    h, norm_copy = v.hidden_size, 4 if dt.autocast else dt.compute
+    mask = spec.batch_size * spec.seq_len  # (B, S, 1) bool, expanded over the hidden size
+    if v.kind in ("qwen2_vl", "qwen2_5_vl"):
+        rotary = 2 * (h // v.num_attention_heads) * 4
+        stats = 8 if v.kind == "qwen2_vl" else 4  # LayerNorm mean + rstd, RMSNorm rstd
+        # Qwen2.5-VL reorders the (leaf) patch embedding into windows: one more copy
+        window = h * dt.compute if v.kind == "qwen2_5_vl" else 0
+        return patches * (rotary + h * norm_copy + stats + h * dt.compute + window) + mask
+    images = spec.batch_size * spec.images_per_sample
+    tokens = images * image_geometry(spec).lm_tokens
+    # CLIP: one compute-dtype copy of the embeddings (the hooked leaf) + pre_layrnorm's
+    # mean/rstd; LLaVA's projector: the GELU input. Measured on simulate: no fp32 copy.
+    return patches * (h * dt.compute + 8) + tokens * shape.hidden_size * dt.compute + mask
+
+
+def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
+    """Vision activations alive at the end of forward: the batch's pixel values, and when the
+    tower is in the graph (`vision_in_graph`) what it saves. Frozen + checkpointed (the usual
+    LoRA case): each block's input (kept by non-reentrant checkpoint) + `_vision_shared_bytes`;
+    trained: every block's activations (or its input with checkpointing) + the projector's."""
+    shape = spec.resolved_model.shape
+    if shape.vision is None or not spec.images_per_sample:
+        return 0
+    v, geometry = shape.vision, image_geometry(spec)
+    patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
+    total = pixel_bytes(spec)
+    if not vision_in_graph(spec):
+        if spec.train_projector:
+            total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
+        return total
+    if spec.gradient_checkpointing:
+        per_layer = v.hidden_size * _vision_stream_bytes(shape, dt)
+    else:
+        per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
+    total += patches * per_layer * v.num_layers
+    if spec.train_vision_tower or spec.train_projector:
+        total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
+    else:
+        total += _vision_shared_bytes(spec, shape, dt, patches)
+    if spec.gradient_checkpointing and spec.method != "full":
+        # the hooked, frozen embedding's output is a leaf that requires grad: masked_scatter's
+        # AccumulateGrad node keeps it besides the merged sequence (the first layer's input)
+        total += spec.batch_size * spec.seq_len * shape.hidden_size * dt.hidden
+    return total
+
+
+def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
+    """The tower's forward over all images: its saved activations + one layer's working set
+    (residual, normed input, attention output, MLP hidden; eager: scores, fp32 softmax)."""
+    shape = spec.resolved_model.shape
+    if shape.vision is None or not spec.images_per_sample:
+        return 0
+    v, geometry = shape.vision, image_geometry(spec)
+    images = spec.batch_size * spec.images_per_sample
+    patches = images * geometry.encoder_tokens
+    working = patches * (3 * v.hidden_size + v.intermediate_size) * dt.compute
+    if spec.attention == "eager":
+        working += images * v.num_attention_heads * geometry.encoder_tokens**2 * (dt.compute + 8)
+    return vision_activation_bytes(spec, dt) + working

@@ -1,0 +1,112 @@
+"""Build the spec's model from its config numbers, ready to train: dtypes, quantization, frozen
+parts, gradient checkpointing and LoRA (random weights; never remote code)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from vram_ml.model.recipe.methods import add_lora, mark_trainable, quantize_linears
+from vram_ml.model.recipe.precision import compute_dtype, trainable_dtype
+from vram_ml.model.recipe.unsupported import UnsupportedRecipe
+from vram_ml.model.recipe.weights import materialize
+
+if TYPE_CHECKING:
+    from vram_ml.spec import Spec
+
+SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl")
+
+
+def hf_config(spec: Spec) -> Any:
+    """The transformers config of the spec's model (from its config numbers; no remote code)."""
+    from transformers import AutoConfig
+
+    config = dict(spec.resolved_model.config)
+    model_type = config.pop("model_type")
+    for key in ("transformers_version", "_name_or_path", "auto_map"):
+        config.pop(key, None)
+    hf = AutoConfig.for_model(model_type, **config)
+    for sub in {id(c): c for c in (hf, hf.get_text_config())}.values():
+        sub.use_cache = False  # training keeps no KV cache (LLaMA-Factory sets it off)
+    return hf
+
+
+def model_class(config: Any) -> type:
+    """The transformers class that trains this config (its `architectures`, else an Auto class)."""
+    import transformers
+
+    for name in config.architectures or ():
+        cls = getattr(transformers, name, None)
+        if cls is not None and name.endswith(("ForCausalLM", "ForConditionalGeneration")):
+            return cls
+    if is_multimodal(config):
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
+def attention_implementation(spec: Spec, config: Any) -> str:
+    """`spec.attention`, except that `sdpa` (LLaMA-Factory's `flash_attn: auto`) falls back to
+    eager for models transformers has no SDPA path for (as `auto` does)."""
+    cls = model_class(config)
+    mapping = getattr(cls, "_model_mapping", None)
+    if mapping is not None and type(config) in mapping:
+        cls = mapping[type(config)]
+    if spec.attention == "sdpa" and not getattr(cls, "_supports_sdpa", True):
+        return "eager"
+    return spec.attention
+
+
+def is_multimodal(config: Any) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model of `spec`, ready to train: dtypes, quantization, frozen parts, checkpointing
+    and LoRA as the recipe says.
+
+    Args:
+        spec: the configuration.
+        device: "cuda" or "cpu" (random weights, really allocated) or "meta" (no storage: what
+            `simulate` turns into fake tensors). QLoRA weights are quantized by bitsandbytes on
+            the device (on "meta", bitsandbytes' shape functions give the packed layout).
+
+    Returns:
+        The model in train mode; a peft model for lora/qlora.
+
+    Raises:
+        UnsupportedRecipe: liger kernels, an unsupported vision-language family, or a method the
+            recipe does not build.
+    """
+    from accelerate import init_empty_weights
+
+    device = torch.device(device)
+    config = hf_config(spec)
+    if spec.liger_kernel:
+        raise UnsupportedRecipe("liger_kernel: Liger kernels are not part of this recipe")
+    if is_multimodal(config) and config.model_type not in SUPPORTED_VLMS:
+        raise UnsupportedRecipe(
+            f"model: vision-language family {config.model_type!r} is not in the recipe "
+            f"(supported: {', '.join(SUPPORTED_VLMS)})"
+        )
+    with init_empty_weights(include_buffers=False):  # parameters on meta, small buffers real
+        cls = model_class(config)
+        build = getattr(cls, "from_config", None) or cls._from_config  # Auto classes / concrete
+        model = build(config, dtype=compute_dtype(spec),
+                      attn_implementation=attention_implementation(spec, config))
+    model.tie_weights()  # init_empty_weights unties them (tie_word_embeddings models)
+    if spec.method == "qlora":
+        quantize_linears(model, spec, device)
+    mark_trainable(model, spec)
+    if spec.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if spec.method in ("lora", "qlora"):
+        model = add_lora(model, spec)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != trainable_dtype(spec):
+            param.data = param.data.to(trainable_dtype(spec))
+    if device.type != "meta":
+        materialize(model, device)
+    model.train()
+    return model

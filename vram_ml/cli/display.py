@@ -1,0 +1,70 @@
+"""Rendering shared by the commands: estimates side by side, in GiB, with the spec echoed; JSON."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vram_ml.cli.spec_options import SpecInput
+from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate, gib
+
+console = Console()
+
+
+def print_json(payload: object) -> None:
+    """`--json` output: bytes as integers, anything else as its string."""
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+def echo_spec(spec_input: SpecInput) -> None:
+    """Print the spec line and what was assumed, ignored, not modelled or unknown."""
+    spec = spec_input.spec
+    resolved = spec.resolved_model
+    console.print(
+        f"[bold]{resolved.name}[/] ({resolved.shape.total_params / 1e9:.2f}B params, "
+        f"{resolved.family}) · {spec.method}"
+        + (f" {spec.quant_bits}-bit" if spec.quant_bits else "")
+        + (f" r={spec.lora_rank}" if spec.method in ("lora", "qlora") else "")
+        + f" · batch {spec.batch_size} x seq {spec.seq_len} · {spec.precision}"
+        + (" · checkpointing" if spec.gradient_checkpointing else "")
+        + f" · {spec.attention} · {spec.optimizer} · spec_id {spec.spec_id}"
+    )
+    console.print(f"[dim]from {spec_input.source}[/]")
+    if spec_input.assumed:
+        console.print("[dim]assumed: " + "; ".join(spec_input.assumed.values()) + "[/]")
+    if spec_input.ignored:
+        console.print(
+            "[dim]ignored (no effect on memory): " + ", ".join(spec_input.ignored) + "[/]"
+        )
+    if spec_input.unmodelled:
+        console.print(
+            "[yellow]not modelled (memory effect not counted): "
+            + ", ".join(spec_input.unmodelled)
+            + "[/]"
+        )
+    if spec_input.unknown:
+        console.print("[yellow]unknown keys: " + ", ".join(spec_input.unknown) + "[/]")
+
+
+def estimates_table(estimates: list[Estimate], title: str = "Peak VRAM (GiB)") -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    for estimate in estimates:
+        table.add_column(estimate.estimator, justify="right")
+    for term in BREAKDOWN_TERMS:
+        if any(estimate.breakdown.get(term) for estimate in estimates):
+            table.add_row(term, *(gib(estimate.breakdown.get(term)) for estimate in estimates))
+    table.add_section()
+    table.add_row("[bold]peak[/]", *(f"[bold]{gib(e.peak_vram_bytes)}[/]" for e in estimates))
+    if any(e.upper_vram_bytes for e in estimates):
+        table.add_row("upper bound", *(gib(e.upper_vram_bytes) for e in estimates))
+    return table
+
+
+def print_notes(estimates: list[Estimate]) -> None:
+    for estimate in estimates:
+        for note in estimate.notes:
+            console.print(f"[dim]{estimate.estimator}: {note}[/]")

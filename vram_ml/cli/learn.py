@@ -1,0 +1,163 @@
+"""`vram-ml train` and `vram-ml evaluate`: the learned model fitted to real samples, and every
+estimator compared on them."""
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from vram_ml.cli.display import print_json
+from vram_ml.cli.spec_options import fail
+
+if TYPE_CHECKING:
+    from vram_ml.model.learned.training_set import TrainingSet
+
+app = typer.Typer()
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON output (bytes).")]
+DataOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        help="Dataset file or folder (CSV/Parquet/JSONL), or an MLflow tracking URI. "
+        "Repeatable. Default: datasets/.",
+    ),
+]
+# Test-only: build synthetic samples in memory instead of reading data (never real, never bundled).
+SyntheticOption = Annotated[int, typer.Option("--synthetic", hidden=True)]
+
+
+def train(
+    data: DataOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Artifact folder (default: the bundled model inside the package)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."
+        ),
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the run and register the model.")] = True,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment holding samples (when --data is a tracking URI).")
+    ] = "vram-ml-samples",
+    n_estimators: Annotated[int, typer.Option(help="Trees per target.", min=1)] = 200,
+    max_depth: Annotated[int, typer.Option(help="Tree depth.", min=1, max=12)] = 4,
+    synthetic: SyntheticOption = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the learned model on real GPU samples (backend cuda) and write its artifact.
+
+    Example: vram-ml train --data datasets/samples.csv --output /tmp/model
+    """
+    from vram_ml.model.learned.train import TrainingError, TrainParams
+    from vram_ml.model.learned.train import train as train_model
+
+    training_set, sources = _load(data, experiment, synthetic)
+    uri = (
+        (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+        if mlflow
+        else None
+    )
+    try:
+        result = train_model(
+            training_set,
+            output,
+            TrainParams(n_estimators=n_estimators, max_depth=max_depth),
+            uri,
+            sources,
+        )
+    except (TrainingError, ValueError) as error:
+        raise fail(str(error)) from None
+    payload = {
+        "output_dir": str(result.output_dir),
+        "mlflow_run_id": result.mlflow_run_id,
+        "registered_version": result.registered_version,
+        "notes": result.notes,
+        "data": result.metadata["data"],
+        "metrics": result.metadata["metrics"],
+    }
+    if as_json:
+        print_json(payload)
+        return
+    from vram_ml.cli.learned_display import print_training
+
+    print_training(payload, uri)
+
+
+def evaluate(
+    data: DataOption = None,
+    estimators: Annotated[
+        str, typer.Option(help="Comma-separated: seed-formula, analytical, simulate, learned.")
+    ] = "seed-formula,analytical,learned",
+    splits: Annotated[
+        str, typer.Option(help="Comma-separated: random, family, size.")
+    ] = "random,family,size",
+    output: Annotated[Path, typer.Option(help="Folder for report.json and the PNG plots.")] = Path(
+        "evaluation"
+    ),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="Log metrics and plots to this MLflow store.")
+    ] = None,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment holding samples (when --data is a tracking URI).")
+    ] = "vram-ml-samples",
+    synthetic: SyntheticOption = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare every estimator on measured samples: random, per-family and size splits.
+
+    Example: vram-ml evaluate --data datasets/samples.csv --output evaluation/ --tracking-uri sqlite:///mlflow.db
+    """
+    from vram_ml.model.learned.evaluation import evaluate as evaluate_estimators
+    from vram_ml.model.learned.evaluation_plots import log_evaluation, write_outputs
+
+    training_set, _ = _load(data, experiment, synthetic)
+    try:
+        evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
+    except ValueError as error:
+        raise fail(str(error)) from None
+    paths = write_outputs(evaluation, output)
+    run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
+    if as_json:
+        print_json({**evaluation.report, "files": [str(p) for p in paths], "mlflow_run_id": run_id})
+        return
+    from vram_ml.cli.learned_display import print_evaluation
+
+    print_evaluation(evaluation.report, paths, run_id)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _load(
+    data: list[str] | None, experiment: str, synthetic: int
+) -> tuple["TrainingSet", list[str]]:
+    """The training set: real cuda samples from `data`, or (tests only) synthetic ones."""
+    if synthetic:
+        from vram_ml.model.learned.synthetic import SYNTHETIC_BANNER, synthetic_training_set
+
+        typer.echo(f"WARNING: {SYNTHETIC_BANNER}", err=True)
+        return synthetic_training_set(synthetic), ["synthetic (in memory)"]
+    from vram_ml.model.learned.training_set import load_training_set
+
+    sources = data or ["datasets"]
+    try:
+        training_set, report = load_training_set(sources, experiment)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise fail(str(error)) from None
+    if not training_set.ok.any():
+        others = ", ".join(f"{k} {v}" for k, v in report.skipped_backend.items()) or "none"
+        raise fail(
+            f"data: no measured backend=cuda samples in {', '.join(map(str, sources))} "
+            f"({report.rows} rows; other backends: {others}); the learned model learns "
+            "only from real GPU measurements"
+        )
+    return training_set, report.sources
+
+
+app.command()(train)
+app.command()(evaluate)
