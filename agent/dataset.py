@@ -146,7 +146,9 @@ def write_samples(samples: list[Sample], path: Path) -> None:
         frame.to_parquet(temporary, index=False)
     else:
         with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), lineterminator="\n")
+            # RFC 4180 line ends: csv then quotes a value holding "\r" (a host name, a message),
+            # which with "\n" alone it writes bare, and a bare "\r" ends the row on reading
+            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS), lineterminator="\r\n")
             writer.writeheader()
             for row in rows:
                 writer.writerow({key: "" if value is None else value for key, value in row.items()})

@@ -89,7 +89,7 @@ def write_file(path: Path, kind: str, items: list, dropped: list[str]) -> None:
                    - set(COLUMNS))
     header = [c for c in COLUMNS if c not in dropped] + extra
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)  # "\r" in a name
     writer.writerow(header)
     for tag, item in items:
         if tag in ("good", "row"):
