@@ -56,7 +56,8 @@ def test_pick_a_model_change_the_batch_and_see_the_answer_move(page, live_server
     page.fill("#f-batch_size", "1")
     smaller = _changed(page, "#peak", qwen)
     assert float(smaller) < float(qwen)
-    page.wait_for_function("document.querySelector('#spec-line').textContent.includes('batch 1 ')")
+    page.wait_for_function(
+        "() => document.querySelector('#spec-line').textContent.includes('batch 1 ')")
     assert _bar(page) != bar_before and "activations" in _bar(page)
     assert "batch_size=1" in page.url
 
@@ -75,7 +76,7 @@ def test_paste_a_yaml_then_a_bad_one(page):
     page.fill("#yaml", YAML)
     _changed(page, "#peak", before)
     page.wait_for_function(
-        "document.querySelector('#accounting-list').textContent.includes('my_custom_key')")
+        "() => document.querySelector('#accounting-list').textContent.includes('my_custom_key')")
     accounting = page.text_content("#accounting-list")
     assert "posted YAML" in accounting and "learning_rate" in accounting
     assert "qlora 4-bit" in page.text_content("#spec-line")
@@ -85,3 +86,19 @@ def test_paste_a_yaml_then_a_bad_one(page):
     page.wait_for_selector("#error:not([hidden])", timeout=15_000)
     assert "not valid YAML" in page.text_content("#error")
     assert "mode=yaml" in page.url and "yaml=" in page.url
+
+
+@pytest.mark.slow
+def test_simulate_on_request_shows_progress_then_a_column(browser, live_server):
+    page = browser.new_page()
+    page.goto(live_server + "/?model=HuggingFaceTB%2FSmolLM2-135M"
+              "&model_overrides=num_hidden_layers%3D2&batch_size=1&seq_len=64")
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    page.click("#simulate")
+    page.wait_for_selector("#sim-status:not([hidden])")
+    page.wait_for_function(
+        "() => document.querySelector('#sim-progress').textContent.startsWith('simulated in')",
+        timeout=120_000)
+    headers = page.text_content("#estimators thead")
+    assert "simulate" in headers and "seed-formula" in headers
+    page.close()

@@ -32,6 +32,7 @@ RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
     "freeze_trainable_layers": {"method": ["freeze"]},
     **{name: {"method": ["lora", "qlora"]} for name in GROUPS["LoRA"]},
     "zero_stage": {"num_gpus": ["2+"]},
+    **{name: {"model": ["multimodal"]} for name in IMAGE_FIELDS},
 }
 
 

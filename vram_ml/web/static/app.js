@@ -15,6 +15,8 @@ const given = {};         // Spec field -> the input's text, for the fields the 
 let requestCounter = 0;
 let lastSpec = null;      // the request body of the answer on screen (for simulate)
 let updateTimer = null;
+const multimodal = new Set();  // catalog ids (and aliases) of models with a vision tower
+const pastedConfig = () => $("config-json").value.trim() !== "";
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -123,7 +125,8 @@ function dimIrrelevant() {
     let relevant = true;
     for (const [other, values] of Object.entries(when || {})) {
       const value = current(other);
-      relevant = relevant && (values.includes("2+") ? Number(value) >= 2 : values.includes(value));
+      if (values.includes("multimodal")) relevant = relevant && (multimodal.has(value) || pastedConfig());
+      else relevant = relevant && (values.includes("2+") ? Number(value) >= 2 : values.includes(value));
     }
     $("row-" + field.name).classList.toggle("dim", !relevant);
   }
@@ -341,6 +344,7 @@ async function start() {
   const [formResponse, catalogResponse] = await Promise.all([fetch("/api/form"), fetch("/api/catalog")]);
   form = await formResponse.json();
   const catalog = await catalogResponse.json();
+  for (const row of catalog) if (row.multimodal) [row.hf_id, ...row.aliases].forEach((id) => multimodal.add(id));
   $("catalog").replaceChildren(...catalog.map((row) => el("option", {
     value: row.hf_id, text: `${row.family} · ${(row.total_params / 1e9).toFixed(1)}B${row.multimodal ? " · vision" : ""}` })));
   for (const card of form.cards) $("fit-card").append(el("option", { value: card.key, text: card.name }));
