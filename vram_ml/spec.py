@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vram_ml.architectures import ModelShape
-from vram_ml.defaults import default, optimizer_default
+from vram_ml.defaults import STACK_FIELDS, default, optimizer_default
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
 from vram_ml.stack import LIBRARIES, check_version, parse_version
 
@@ -34,9 +34,7 @@ Optimizer = Literal[
 # (vram_ml/stack.py; what each does to memory: model/formulas/stack.py).
 Framework = Literal["llamafactory", "trl"]
 SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
-# 2: the stack (framework, library versions). Rows of version 1 have none of those columns.
-STACK_FIELDS = ("framework", "transformers_version", "peft_version", "trl_version",
-                "bitsandbytes_version")
+# 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
 
 
 class SpecError(ValueError):
