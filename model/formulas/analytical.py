@@ -3,12 +3,14 @@
 Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
 (parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
 during part of a step. In steady state (step >= 2: optimizer states exist;
-`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of seven
-moments:
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of these
+moments (and of `load`, before training):
 
 - `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
   for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
   half weight copies autocast caches for checkpointed layers (freed when forward returns).
+- `loss_metrics` (trl >= 0.16): resident + saved activations + the fp32 logits the trainer keeps
+  for its entropy and token accuracy, their working set, the saved log-softmax.
 - `loss_backward`: resident + saved activations + cross-entropy backward, 12 bytes per logit
   (Liger: one chunk of logits and the input gradient, made in forward).
 - `head_backward`: resident + saved activations + the logits' gradient in the compute dtype + the
@@ -20,6 +22,11 @@ moments:
   embedding's, added into the output head's).
 - `vision_forward` (VLMs): resident + the vision tower's working set over all images.
 - `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
+- `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
+  asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
+
+What the framework and library versions change is asked of `StackRules` (stack.py); the notes
+say when one of its rules moved the answer (stack_notes.py).
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
 micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. Then peak_reserved =
@@ -233,8 +240,9 @@ def analyse(spec: Spec) -> Analysis:
     peak_moment = max(MOMENTS, key=lambda name: totals[name])
     allocated = totals[peak_moment]
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
+    when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
     notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
-             f"peak at {peak_moment.replace('_', ' ')} (steady state: optimizer step >= 2)"]
+             f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
         moments=moments, peak_moment=peak_moment, peak_allocated=allocated,
