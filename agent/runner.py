@@ -196,7 +196,8 @@ class Agent:
             return self.queue.popleft()
 
     def _work(self, slot: Slot) -> None:
-        children = Children(slot, self.options.store_dir / "work", warm=True)
+        children = Children(slot, self.options.store_dir / "work", warm=True,
+                            on_spawn=self._own)
         try:
             self._measure_all(slot, children)
         finally:
@@ -279,6 +280,11 @@ class Agent:
             limit = self.options.max_samples
             return bool(self.queue) and not self.stop.is_set() and (
                 limit is None or self.summary.started < limit)
+
+    def _own(self, pid: int) -> None:
+        """A child of this agent, from its spawn on (see Children)."""
+        with self.lock:
+            self.own_pids.add(pid)
 
     def _started(self, slot: Slot, planned: Planned, pid: int) -> None:
         with self.lock:
