@@ -142,15 +142,18 @@ class ProcessMemory:
     """This process's GPU memory as NVML reports it.
 
     Per process where NVML lists our pid; where it cannot (a container's pid namespace hides the
-    host pid), the device's used memory minus what was used before this process touched the GPU
-    (the pool only hands out otherwise idle GPUs, so the difference is ours).
+    host pid, or a virtualised GPU refuses per-process queries), the device's used memory minus
+    what was used before this process touched the GPU (the pool only hands out otherwise idle
+    GPUs, so the difference is ours). The two differ in one thing: CUDA managed memory (paged
+    optimizer states) is in the device's used memory, not in NVML's per-process figure
+    (pynvml issue 63, nvtop issue 213); `per_process` says which the last reading was.
     """
 
     def __init__(self, index: int):
         self.index = index
         self.pid = os.getpid()
         self.baseline = device_used_bytes(index) or 0
-        self.per_process = None  # decided on the first reading that finds a CUDA context
+        self.per_process: bool | None = None  # None until a reading was made
 
     def read(self) -> int | None:
         processes = compute_processes(self.index)
@@ -158,7 +161,10 @@ class ProcessMemory:
             self.per_process = True
             return processes[self.pid]
         used = device_used_bytes(self.index)
-        return None if used is None else max(0, used - self.baseline)
+        if used is None:
+            return None
+        self.per_process = False
+        return max(0, used - self.baseline)
 
 
 class PeakSampler:
