@@ -88,13 +88,13 @@ class GpuPool:
         self.selection = selection
         self.max_used_bytes = max_used_bytes
 
-    def choose(self) -> list[GpuState]:
-        """The GPUs to start one worker on each.
+    def choose(self, own_pids: frozenset[int] = frozenset()) -> list[GpuState]:
+        """The GPUs to start one worker on each (`own_pids`: processes that are the agent's).
 
         Raises:
             PoolError: NVML unavailable, an unknown index, or no spare GPU.
         """
-        states = gpu_states(self.max_used_bytes)
+        states = gpu_states(self.max_used_bytes, own_pids)
         if not states:
             raise PoolError("gpus: no GPU visible to NVML (use --backend cpu to test without one)")
         by_index = {state.index: state for state in states}

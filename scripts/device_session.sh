@@ -127,10 +127,11 @@ if total > limit:
 EOF
 }
 
-section() {
+section() {  # a phase ends: its time, and what it measured into OUT
   local now=$SECONDS
   if [ -n "${phase:-}" ]; then
     timings+="$phase $(( now - phase_start ))s, "
+    save_results
   fi
   phase=$1 phase_start=$now
   printf '\n=== %s (t=%ss) ===\n' "$1" "$now"
@@ -264,7 +265,6 @@ save_results() {
 
 finish() {
   [ -n "${copier:-}" ] && kill "$copier" 2>/dev/null
-  save_results
   [ -n "${phase:-}" ] && section "end"
   echo "phase times: ${timings%, }"
   echo "samples: $(wc -l < "$out/samples.jsonl" 2>/dev/null || echo 0) in $out"

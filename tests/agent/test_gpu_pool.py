@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -123,7 +124,8 @@ def test_nvml_errors_fall_back_to_device_memory(fake_nvml):
 
 class ChildrenOnGpu(FakeNvml):
     """One GPU on which every live child of this process holds a CUDA context, as a warm child
-    does once its preload (peft -> bitsandbytes) has touched CUDA."""
+    does once its preload (peft -> bitsandbytes) has touched CUDA, and so does this process (the
+    agent's own, as in a pytest process that ran a CUDA test before the agent's)."""
 
     def nvmlDeviceGetCount(self):
         return 1
@@ -133,7 +135,8 @@ class ChildrenOnGpu(FakeNvml):
 
         children = [c for c in psutil.Process().children()
                     if c.status() != psutil.STATUS_ZOMBIE]
-        return [SimpleNamespace(pid=c.pid, usedGpuMemory=GIB // 2) for c in children]
+        pids = [os.getpid(), *(c.pid for c in children)]
+        return [SimpleNamespace(pid=pid, usedGpuMemory=GIB // 2) for pid in pids]
 
 
 @pytest.mark.parametrize("refused", [(), ("nvmlDeviceGetComputeRunningProcesses",)],
