@@ -66,9 +66,10 @@ def import_published(source_dir: Path, output: Path = DEFAULT_OUTPUT,
     with SourceDir(source_dir) as sources:
         quoted_sources = SourceDir(quoted) if Path(quoted).is_dir() else None
         try:
-            for source in SOURCES:
-                if source.name not in pinned:
-                    raise SourceError(f"{manifest}: no entry for source {source.name}")
+            unknown = sorted(set(pinned) - {source.name for source in SOURCES})
+            if unknown:
+                raise SourceError(f"{manifest}: unknown source {unknown[0]}")
+            for source in (source for source in SOURCES if source.name in pinned):
                 files = sources
                 summary.read_from[source.name] = "SOURCE_DIR"
                 if source.carried and not sources.has(source.repository):

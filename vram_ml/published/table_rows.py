@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vram_ml.published.requirement_pins import UNPINNED
+from vram_ml.published.requirement_pins import UNPINNED, exact_version
 from vram_ml.published.schema import COLUMNS, row_id, short_hash
 
 _STACK_COLUMNS = ("trainer", "distributed", "evidence")
@@ -27,7 +27,8 @@ def to_table_row(parsed: dict[str, Any]) -> dict[str, Any]:
         measurement_key=_measurement_key(parsed),
         source=parsed["source"], repository=parsed["repository"], path=parsed["path"],
         commit=parsed["commit"], commit_date=parsed.get("commit_date") or "", locator=locator,
-        column=column, quote=parsed["quote"] or "", header_quote=parsed.get("header_quote") or "",
+        column=column, quote=parsed["quote"] or "",
+        header_quote=parsed.get("header_quote") or parsed.get("table_header_quote") or "",
         also_in=_json(parsed.get("also_in") or []),
         value=_text(parsed.get("value")), unit=_text(parsed.get("unit")),
         value_bytes=_text(parsed.get("value_bytes")),
@@ -82,10 +83,12 @@ def _versions(parsed: dict[str, Any]) -> dict[str, str]:
     columns = {}
     for key in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate",
                 "deepspeed", "flash_attn"):
-        pinned = versions.get(key)
-        if pinned in (None, "", UNPINNED):
-            pinned = stated.get(key)
-        columns[f"{key}_version"] = "" if pinned in (None, UNPINNED) else str(pinned)
+        # a version the source says it measured with describes the run better than a pin
+        said, pinned = stated.get(key), versions.get(key)
+        chosen = said if exact_version(said) else (pinned if pinned not in (None, "", UNPINNED)
+                                                  else said)
+        chosen = exact_version(chosen) or chosen
+        columns[f"{key}_version"] = "" if chosen in (None, UNPINNED) else str(chosen)
     evidence = parsed.get("versions_evidence") or ""
     extra = {k: v for k, v in versions.items()
              if v and k not in ("stated_in_source", "torch", "transformers", "peft", "trl",
