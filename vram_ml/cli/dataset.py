@@ -196,4 +196,6 @@ def dataset_import_published(
         table.add_row(source, str(versions), str(rows), str(counts[(source, "mapped")]),
                       summary.read_from.get(source, ""))
     Console().print(table)
+    for line in summary.log:
+        typer.echo(f"warning: {line}")
     typer.echo(f"data card: {summary.datacard}")

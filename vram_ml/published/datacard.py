@@ -77,7 +77,7 @@ def datacard_text(rows: list[dict[str, Any]], versions_read: dict[str, int],
         "it and reads nothing else (plus, at the same commits, the scripts and configs that say "
         "what was measured). The same SOURCE_DIR gives the same bytes.", "",
         "## Columns", "", "| column | meaning |", "|---|---|",
-        *[f"| {name} | {meaning} |" for name, meaning in COLUMN_NOTES], "",
+        *[f"| {_cell(name)} | {_cell(meaning)} |" for name, meaning in COLUMN_NOTES], "",
         "## Totals", "",
         f"{len(rows)} rows from {len(versions_read)} sources; {len(mapped)} mapped to a Spec, "
         f"{len(rows) - len(mapped)} unmapped; "
@@ -95,7 +95,11 @@ def datacard_text(rows: list[dict[str, Any]], versions_read: dict[str, int],
     for name in versions_read:
         lines += _source_section(name, [r for r in rows if r["source"] == name],
                                  versions_read[name], read_from.get(name, ""))
-    lines += ["## Why rows are unmapped", "",
+    lines += ["## What would map once the Spec can say it", "",
+              "Unmapped rows whose every reason is of one kind: once the Spec field or shape "
+              "builder exists, a rerun of the import can map them with no other change:", ""]
+    lines += _table(("missing in the Spec", "rows", "of which numeric peaks"), _waiting(rows))
+    lines += ["", "## Why rows are unmapped", "",
               "Each unmapped row's reason is in its `unmapped_reason`; grouped here (a row with "
               "several reasons counts under each).", ""]
     lines += _table(("source", "reason", "rows"), Counter(
@@ -120,6 +124,25 @@ def _source_section(name: str, rows: list[dict[str, Any]], versions: int, read_f
         f"{where}; statistics: {_inline(Counter(r['statistic'] for r in rows))}; outcomes: "
         f"{_inline(Counter(r['outcome'] for r in rows))}.", "",
     ]
+
+
+WAITING = (("FSDP settings", ("FSDP",)), ("GPTQ quantization", ("GPTQ",)),
+           ("FSDP or GPTQ", ("FSDP", "GPTQ")), ("a remote-code shape builder", ("remote-code",)))
+
+
+def _waiting(rows: list[dict[str, Any]]) -> Counter:
+    """(what is missing, rows waiting for it) -> how many of those rows are numeric peaks."""
+    found: Counter = Counter()
+    for label, words in WAITING:
+        waiting = [row for row in rows if row["mapping"] == "unmapped" and all(
+            any(word in reason for word in words) for reason in row["unmapped_reason"].split("; "))]
+        found[(label, str(len(waiting)))] = sum(row["is_peak"] == "true" and bool(row["value"])
+                                                for row in waiting)
+    return found
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def _table(header: tuple[str, ...], counts: Counter) -> list[str]:
