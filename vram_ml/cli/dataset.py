@@ -158,7 +158,7 @@ def dataset_import_published(
     source_dir: Annotated[Path, typer.Argument(
         help="Folder with one git clone or bare mirror per source repository (owner+name).")],
     output: Annotated[Path, typer.Option(help="The published table (DATACARD.md beside it).")]
-    = Path("datasets/published/measurements.csv"),
+    = Path("datasets/published/measurements.parquet"),
     manifest: Annotated[Path, typer.Option(help="The pinned file versions to read.")]
     = Path("datasets/published/sources.yaml"),
     quoted: Annotated[Path, typer.Option(

@@ -1,6 +1,6 @@
 """The published table: its columns, in order, and what each value may be.
 
-`datasets/published/measurements.csv` has one row per published number (a source line with
+`datasets/published/measurements.parquet` has one row per published number (a source line with
 several memory columns gives several rows sharing `measurement_key`). Lists and objects are
 JSON; booleans are `true` / `false`; an unknown value is empty. The learned model reads this
 table (vram_ml.model may not import vram_ml.agent), so the schema lives in the trunk.

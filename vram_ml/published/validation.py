@@ -46,14 +46,19 @@ class PublishedValidation:
 
 
 def is_published_table(path: Path) -> bool:
-    """Whether `path` is a CSV whose header is the published table's."""
+    """Whether `path` is a CSV or Parquet file whose columns are the published table's."""
     path = Path(path)
-    if path.suffix != ".csv" or not path.is_file():
+    if path.suffix not in (".csv", ".parquet") or not path.is_file():
         return False
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            header = list(pq.read_schema(path).names)
+        else:
+            with open(path, newline="", encoding="utf-8") as handle:
+                header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError, ImportError):
         return False
     return is_published_header(header)
 

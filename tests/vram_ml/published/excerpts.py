@@ -8,19 +8,19 @@ layout git_files reads (`owner+name/<commit>/<path>`), and runs the importer on 
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
-TABLE = Path(__file__).parents[3] / "datasets" / "published" / "measurements.csv"
+TABLE = Path(__file__).parents[3] / "datasets" / "published" / "measurements.parquet"
 MEASURED = ("value", "unit", "value_bytes", "statistic", "is_peak", "outcome", "quote")
 
 
 def table_rows() -> list[dict[str, str]]:
-    with open(TABLE, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    from vram_ml.dataset_files import read_rows
+
+    return [row for row in read_rows(TABLE) if isinstance(row, dict)]
 
 
 def rows_at(rows: list[dict[str, str]], commit: str, path: str) -> list[dict[str, str]]:
