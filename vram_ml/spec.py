@@ -24,6 +24,8 @@ Method = Literal["full", "freeze", "lora", "qlora"]
 # bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
 # pure_bf16: everything bf16, no upcast. fp32: everything fp32.
 # no_amp: half-precision weights without autocast (LLaMA-Factory when neither flag is set).
+# Under framework trl the weights are loaded in that precision and nothing trainable is upcast
+# (peft's adapters aside), so pure_bf16 and no_amp train the same way there.
 Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
 Attention = Literal["eager", "sdpa", "flash_attention_2"]
 Optimizer = Literal[
@@ -124,9 +126,6 @@ class Spec(BaseModel):
         if self.framework == "trl" and self.method == "freeze":
             raise ValueError("method: freeze tuning is LLaMA-Factory's; trl trains full, lora "
                              "or qlora")
-        if self.framework == "trl" and self.precision == "pure_bf16":
-            raise ValueError("precision: pure_bf16 is LLaMA-Factory's; under trl, bf16 trains "
-                             "the bf16-loaded weights without an fp32 copy")
         self._check_model()
         return self
 

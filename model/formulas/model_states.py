@@ -73,11 +73,12 @@ class Dtypes:
         if not rules.llamafactory:
             # TRL: nothing upcast but the adapters (peft) and, under QLoRA, the norms, whose
             # fp32 outputs turn the residual stream fp32 (StackRules.norms_fp32; 8-bit under
-            # peft's prepare: the embeddings too).
+            # peft's prepare: the embeddings too). Autocast only with the bf16 / fp16 flags
+            # (pure_bf16 and no_amp: a half-precision model trained as loaded).
             trainable = (4 if rules.fp32_adapters else 2) if adapters else 2
             norm = rules.frozen_bytes("norm", 2)
             hidden = max(norm, rules.frozen_bytes("embedding", 2))
-            return cls(2, trainable, 2, hidden, spec.precision != "no_amp", 0, norm)
+            return cls(2, trainable, 2, hidden, spec.precision in ("bf16", "fp16"), 0, norm)
         if spec.precision == "pure_bf16":  # LoRA adapters stay fp32: peft casts them
             return cls(2, 4 if adapters else 2, 2, 2, False, 0)
         # bf16/fp16 AMP and no_amp: half frozen weights, trainable params upcast to fp32

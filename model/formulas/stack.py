@@ -121,12 +121,11 @@ class StackRules:
 
     @property
     def fp32_adapters(self) -> bool:
-        """LoRA A/B in fp32: LLaMA-Factory casts every trainable parameter (adapter.py:286-288);
-        peft >= 0.12 upcasts adapters itself (ADAPTER_FP32_FROM); peft 0.11 leaves them in a
-        floating base weight's dtype, fp32 beside 4/8-bit ones."""
-        if self.llamafactory:
-            return self.precision != "pure_bf16"
-        return self.peft >= ADAPTER_FP32_FROM or self.method == "qlora"
+        """LoRA A/B in fp32: peft >= 0.12 upcasts adapters itself (ADAPTER_FP32_FROM; LLaMA-Factory
+        needs peft >= 0.18 and casts every trainable parameter too, adapter.py:286-288, but under
+        pure_bf16 casts nothing back); peft 0.11 leaves them in a floating base weight's dtype,
+        fp32 beside 4/8-bit ones."""
+        return self.peft >= ADAPTER_FP32_FROM or self.method == "qlora" or self.llamafactory
 
     @property
     def peft_kbit_prepare(self) -> bool:
