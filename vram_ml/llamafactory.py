@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 
 from vram_ml.defaults import assumed_defaults
+from vram_ml.llamafactory_stages import STAGE_IGNORED_KEYS, STAGE_KEYS, read_stage_keys
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # Keys LLaMA-Factory / transformers accept that do not change peak memory.
 IGNORED_KEYS = frozenset(
     {
-        "stage",
         "do_train",
         "do_eval",
         "do_predict",
@@ -89,8 +89,7 @@ IGNORED_KEYS = frozenset(
         "ms_hub_token",
         "om_hub_token",
         "print_param_status",
-        "packing",
-        "neat_packing",
+        "packing",  # sft: bins padded to cutoff_len (the batch's length anyway); pt: below
         "train_on_prompt",
         "mask_history",
         "use_fast_tokenizer",
@@ -119,6 +118,7 @@ UNMODELLED_KEYS = frozenset(
         "torch_compile",
         "video_max_pixels_train",
         "moe_aux_loss_coef",
+        "neat_packing",  # without FA2: a (B, 1, S, S) block-diagonal mask (data/collator.py:524)
     }
 )
 
@@ -185,19 +185,26 @@ def spec_from_llamafactory(
     raw: dict[str, Any], overrides: dict[str, Any] | None = None
 ) -> LlamaFactoryRead:
     fields, consumed = _map_keys(raw)
+    stage = read_stage_keys(raw, overrides or {}, fields["model"])  # stage, pref_loss, ppo_* ...
+    fields.update(stage.fields)
+    consumed |= stage.consumed
     fields.update(overrides or {})
-    ignored = sorted(key for key in raw if key in IGNORED_KEYS and key not in consumed)
+    ignorable = IGNORED_KEYS | STAGE_IGNORED_KEYS | {*STAGE_KEYS, "num_beams"}
+    ignored = sorted(key for key in raw if key in ignorable and key not in consumed)
     unmodelled = sorted(
-        key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)
+        [key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)]
+        + stage.unmodelled
     )
     unknown = sorted(
         str(key)
         for key in raw
-        if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
+        if key not in consumed and key not in ignorable and key not in UNMODELLED_KEYS
     )
     spec = build_spec(**fields)
     assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
                                spec.transformers_version)
+    assumed.update({key: note for key, note in stage.assumed.items()
+                    if key not in (overrides or {})})
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)

@@ -221,6 +221,9 @@ _INT_SPEC = {
     "num_gpus",
     "zero_stage",
     "quant_bits",
+    "ref_model_quantization_bit",
+    "reward_model_quantization_bit",
+    "max_new_tokens",
 }
 _BOOL_SPEC = {
     "double_quant",

@@ -19,6 +19,7 @@ from vram_ml.architectures import ModelShape
 from vram_ml.defaults import STACK_FIELDS, default, optimizer_default
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
 from vram_ml.stack import LIBRARIES, check_version, parse_version
+from vram_ml.stages import PrefLoss, RewardModelType, Stage, canonical_stage_fields, check_stage
 
 Method = Literal["full", "freeze", "lora", "qlora"]
 # bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
@@ -37,6 +38,7 @@ Optimizer = Literal[
 Framework = Literal["llamafactory", "trl"]
 SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
 # 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
+# The stage fields (STAGE_FIELDS) need no bump: an sft spec hashes without them, as before.
 
 
 class SpecError(ValueError):
@@ -79,6 +81,17 @@ class Spec(BaseModel):
     peft_version: str = default("peft_version")
     trl_version: str = default("trl_version")
     bitsandbytes_version: str = default("bitsandbytes_version")
+    # --- the training stage (vram_ml/stages.py: which fields apply, what each stage loads) ---
+    stage: Stage = default("stage")
+    pref_loss: PrefLoss = default("pref_loss")  # dpo: orpo / simpo have no reference model
+    ref_model: str | None = Field(default=default("ref_model"),
+                                  description="a separately loaded reference (model source)")
+    ref_model_quantization_bit: Literal[4, 8] | None = default("ref_model_quantization_bit")
+    reward_model_type: RewardModelType = default("reward_model_type")  # ppo
+    reward_model: str | None = Field(default=default("reward_model"),
+                                     description="reward_model_type full: its model source")
+    reward_model_quantization_bit: Literal[4, 8] | None = default("reward_model_quantization_bit")
+    max_new_tokens: int = Field(default=default("max_new_tokens"), ge=1, le=65536)  # ppo
 
     @model_validator(mode="before")
     @classmethod
@@ -127,6 +140,7 @@ class Spec(BaseModel):
             raise ValueError("method: freeze tuning is LLaMA-Factory's; trl trains full, lora "
                              "or qlora")
         self._check_model()
+        check_stage(self)
         return self
 
     def _check_model(self) -> None:
@@ -183,7 +197,7 @@ class Spec(BaseModel):
         fields["lora_target"] = list(self.target_modules)
         fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
         fields["spec_version"] = SPEC_VERSION
-        return fields
+        return canonical_stage_fields(self, fields)
 
     @cached_property
     def spec_id(self) -> str:

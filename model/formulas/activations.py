@@ -127,7 +127,10 @@ def dropout_rates(spec: Spec) -> tuple[float, float, float]:
               **(config.get("text_config") or {})}
     residual = config.get("resid_pdrop") or config.get("hidden_dropout") or 0.0
     attention = config.get("attn_pdrop") or config.get("attention_dropout") or 0.0
-    return float(residual), float(config.get("embd_pdrop") or 0.0), float(attention)
+    embedding = config.get("embd_pdrop") or 0.0
+    if spec.stage in ("dpo", "kto"):  # disable_dropout_in_model: nn.Dropout modules to p = 0
+        residual = embedding = 0.0
+    return float(residual), float(embedding), float(attention)
 
 
 def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:

@@ -25,6 +25,13 @@ moments (and of `load`, before training):
 - `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
   asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
 
+A training stage other than sft (stages.py) runs these moments over its graph (2B sequences for
+DPO / RM, prompt + response for PPO) with its own logits at each, adds the frozen reference or
+reward model it loads to the resident state, and has moments of its own: `stage_forward` (the
+policy's logits after its forward: fp32 copy, log-softmax, what the trainer keeps),
+`reference_forward` (DPO, KTO: the reference's logits beside the policy's), `rollout_forward` and
+`generation` (PPO: no-grad forwards, the KV cache).
+
 What the framework and library versions change is asked of `StackRules` (stack.py); the notes
 say when one of its rules moved the answer (stack_notes.py).
 
@@ -45,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
-from vram_ml.model.formulas import vision
+from vram_ml.model.formulas import stages, vision
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
 from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
 from vram_ml.model.formulas.stack_notes import stack_notes
@@ -197,19 +204,24 @@ def analyse(spec: Spec) -> Analysis:
     padded = rules.padded_seq_len(spec.seq_len)
     if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
         spec = spec.model_copy(update={"seq_len": padded})
+    spec = stages.graph_spec(spec)  # the training stage's graph: 2B sequences, prompt + response
     shape = spec.shape  # as the spec's transformers version builds it
     dt = Dtypes.of(spec)
     tokens = spec.batch_size * spec.seq_len
-    states = model_states(spec, shape, dt)
+    states = stages.adjust_states(spec, shape, dt, model_states(spec, shape, dt))
     activations = saved_activations(spec, shape, dt, tokens)
     loss_set, head_extra = logits_bytes(spec, tokens, dt)
     trainable_last = spec.method in ("full", "freeze")
     layer_extra = int(tokens * terms.layer_backward_per_token(spec, shape, dt, spec.seq_len,
                                                               trainable_last))
+    stage = stages.stage_step(given, spec, shape, dt, head_extra)
+    activations += stage.extra_activations
+    layer_extra += stage.extra_layer_backward
     resident = {
         "weights": states.weights, "quantization_constants": states.quantization_constants,
         "adapters": states.adapters, "optimizer": states.optimizer,
         "gradients": states.persistent_gradients + states.gradient_buffers,
+        "reference_model": stage.reference_model, "reward_model": stage.reward_model,
     }
     moments = {
         "forward_end": {**resident, "activations": activations,
@@ -226,8 +238,10 @@ def analyse(spec: Spec) -> Analysis:
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
         "load": {"weights": states.weights, "quantization_constants": states.quantization_constants,
-                 "temporaries": load_extra(spec, shape, dt)},
+                 "temporaries": load_extra(spec, shape, dt),
+                 "reference_model": stage.reference_model, "reward_model": stage.reward_model},
     }
+    stages.apply_stage(stage, moments, resident, activations, states.persistent_gradients)
     made = {
         # Liger makes the head's weight gradient inside forward
         "forward_end": states.head_gradients if terms.liger_applies(spec) else 0,
@@ -241,11 +255,12 @@ def analyse(spec: Spec) -> Analysis:
     for moment, gradients in made.items():
         moments[moment]["gradients"] += max(0, gradients - states.persistent_gradients)
     totals = {name: sum(parts.values()) for name, parts in moments.items()}
-    peak_moment = max(MOMENTS, key=lambda name: totals[name])
+    peak_moment = max((name for name in (*MOMENTS, *stages.STAGE_MOMENTS) if name in moments),
+                      key=lambda name: totals[name])
     allocated = totals[peak_moment]
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
     when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
-    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
+    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded), *stage.notes,
              f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,

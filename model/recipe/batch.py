@@ -42,6 +42,14 @@ def qwen2_vl_grid(config: Any, spec: Spec) -> tuple[int, int]:
 
 
 def make_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu") -> dict:
+    """The spec's micro-batch as its training stage builds it (recipe/stages/: sft and pt take
+    `token_batch`, pairwise stages 2B of its sequences, KTO a KL batch beside it, PPO prompts)."""
+    from vram_ml.model.recipe.stages import stage_for
+
+    return stage_for(spec).make_batch(spec, model, device)
+
+
+def token_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu") -> dict:
     """One micro-batch: `input_ids`, `attention_mask`, `labels` (= inputs, image tokens ignored),
     and for VLMs `pixel_values` (+ `image_grid_thw` for Qwen2-VL).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vram_ml.cards import CARDS, DEFAULT_FIT_CARD
-from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS, STACK_FIELDS
+from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS, STACK_FIELDS, STAGE_FIELDS
 from vram_ml.model.estimate import BREAKDOWN_TERMS, ESTIMATORS
 from vram_ml.spec import Spec
 
@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "vision (VLMs)": IMAGE_FIELDS,
     "GPUs": ("num_gpus", "zero_stage"),
     "stack": STACK_FIELDS,
+    "training stage": STAGE_FIELDS,
 }
 # field -> {other field: values under which it matters}; the page dims it otherwise
 RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
@@ -34,6 +35,11 @@ RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
     **{name: {"method": ["lora", "qlora"]} for name in GROUPS["LoRA"]},
     "zero_stage": {"num_gpus": ["2+"]},
     **{name: {"model": ["multimodal"]} for name in IMAGE_FIELDS},
+    "pref_loss": {"stage": ["dpo"]},
+    "ref_model": {"stage": ["dpo", "kto", "ppo"]},
+    "ref_model_quantization_bit": {"stage": ["dpo", "kto", "ppo"]},
+    **{name: {"stage": ["ppo"]} for name in ("reward_model_type", "reward_model",
+                                            "reward_model_quantization_bit", "max_new_tokens")},
 }
 
 
