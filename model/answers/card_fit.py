@@ -259,10 +259,15 @@ def _cheapest_changes(
 
 
 def _variant(spec: Spec, fields: dict[str, Any]) -> Spec | None:
+    """The spec with `fields` changed; None when invalid or a stage step that would not start
+    (vram_ml.stages.recipe_refusal: PPO with freeze, or with 4/8-bit weights under bf16)."""
+    from vram_ml.stages import recipe_refusal
+
     try:
-        return build_spec(**{**spec.model_dump(), **fields})
+        variant = build_spec(**{**spec.model_dump(), **fields})
     except SpecError:
         return None
+    return None if recipe_refusal(variant) else variant
 
 
 def _bound_name(prediction: Any) -> str:
