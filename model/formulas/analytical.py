@@ -91,8 +91,9 @@ class Analysis:
 def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
     """(loss working set, extra during lm_head backward).
 
-    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss; during lm_head backward the
-    logits' gradient in the compute dtype + the gradient into the final norm. With Liger's fused
+    Without Liger: `loss_bytes_per_logit` (its backward figure) per logit at the loss; during
+    lm_head backward the logits' gradient in the compute dtype + the gradient into the final
+    norm. With Liger's fused
     linear cross-entropy only a chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists,
     and the input gradient (BT x H) is made in forward.
     """
@@ -102,16 +103,17 @@ def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
         chunk = 1 << (max(1, -(-tokens // -(-vocab // hidden))) - 1).bit_length()
         return tokens * hidden * dt.compute + chunk * vocab * dt.compute + tokens * 4, 0
     logits = tokens * vocab
-    return terms.LOSS_BYTES_PER_LOGIT * logits, logits * dt.compute + tokens * hidden * dt.hidden
+    backward = terms.loss_bytes_per_logit(spec, dt)[1]
+    return backward * logits, logits * dt.compute + tokens * hidden * dt.hidden
 
 
 def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
     """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
-    log-softmax output (Liger: its chunk, as in `logits_bytes`)."""
+    log-softmax output (`loss_bytes_per_logit`; Liger: its chunk, as in `logits_bytes`)."""
     if terms.liger_applies(spec):
         return logits_bytes(spec, tokens, dt)[0]
-    upcast = 4 if dt.compute < 4 else 0
-    return tokens * spec.resolved_model.shape.vocab_size * (dt.compute + upcast + 4)
+    forward = terms.loss_bytes_per_logit(spec, dt)[0]
+    return tokens * spec.resolved_model.shape.vocab_size * forward
 
 
 def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) -> int:
