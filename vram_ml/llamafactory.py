@@ -196,7 +196,8 @@ def spec_from_llamafactory(
         if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
     )
     spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
+    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
+                               spec.transformers_version)
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
@@ -214,6 +215,7 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     if "model_name_or_path" not in raw:
         raise SpecError("config: model_name_or_path is required")
     fields["model"] = str(take("model_name_or_path"))
+    fields["framework"] = "llamafactory"  # llamafactory-cli train's YAML (a flag may override)
     direct = {
         "lora_rank": "lora_rank",
         "lora_alpha": "lora_alpha",

@@ -53,5 +53,6 @@ def spec_input_from_fields(fields: dict[str, Any], source: str = "flags") -> Spe
         SpecError: an invalid configuration, one line naming the field.
     """
     spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
+    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
+                               spec.transformers_version)
     return SpecInput(spec, source, assumed)

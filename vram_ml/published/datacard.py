@@ -134,7 +134,8 @@ def _source_section(name: str, rows: list[dict[str, Any]], versions: int, read_f
 WAITING = (("FSDP settings", ("FSDP",)), ("GPTQ quantization", ("GPTQ",)),
            ("FSDP or GPTQ", ("FSDP", "GPTQ")),
            ("a remote-code shape builder", ("no closed-form shape builder",)),
-           ("a real config in the catalog", ("not in the catalog",)))
+           ("a real config in the catalog", ("not in the catalog",)),
+           ("stack rules for an older library version", ("is not supported (supported:",)))
 
 
 def _waiting(rows: list[dict[str, Any]]) -> Counter:

@@ -16,6 +16,7 @@ from vram_ml.architectures import REMOTE_CODE_MODEL_TYPES
 from vram_ml.model.estimate import GIB
 from vram_ml.model.formulas import AnalyticalEstimator, vision
 from vram_ml.model.formulas import activations as terms
+from vram_ml.model.formulas.analytical import forward_logits_bytes
 from vram_ml.model.formulas.model_states import Dtypes
 from vram_ml.model_source import load_catalog
 from vram_ml.spec import build_spec
@@ -86,17 +87,21 @@ def test_lora_on_c_proj_names_both_modules_and_attn_c_proj_one():
 
 
 def test_each_model_computes_its_own_loss():
-    """Bytes per logit (forward, backward): transformers' ForCausalLMLoss 10 / 12 in bf16 AMP;
-    Qwen's CrossEntropyLoss on a shifted copy of the bf16 logits, log-softmax in fp32 under
-    autocast: 12 / 12, all bf16 without autocast: 6 / 6; ChatGLM's fp32 upcast + shifted copy:
-    12 / 12."""
+    """Bytes per logit (forward, backward) of the models' own loss code, whatever the
+    transformers version: Qwen's CrossEntropyLoss on a shifted copy of the bf16 logits,
+    log-softmax in fp32 under autocast: 12 / 12, all bf16 without autocast: 6 / 6; ChatGLM's fp32
+    upcast + shifted copy: 12 / 12. transformers' own loss: None (the stack rules decide)."""
     def per_logit(spec):
-        return terms.loss_bytes_per_logit(spec, Dtypes.of(spec))
+        return terms.model_loss_bytes_per_logit(spec, Dtypes.of(spec))
 
-    assert per_logit(lora("meta-llama/Meta-Llama-3-8B")) == (10, 12)
+    assert per_logit(lora("meta-llama/Meta-Llama-3-8B")) is None
     assert per_logit(lora("Qwen/Qwen-7B-Chat")) == (12, 12)
     assert per_logit(lora("Qwen/Qwen-7B-Chat", method="full", precision="pure_bf16")) == (6, 6)
     assert per_logit(lora("THUDM/glm-4-9b-chat")) == (12, 12)
+    tokens, vocab = 2048, 151936
+    for version in ("4.45.2", "5.24.0"):  # the stack's loss rules do not reach Qwen's own loss
+        spec = lora("Qwen/Qwen-7B-Chat", framework="trl", transformers_version=version)
+        assert forward_logits_bytes(spec, tokens, Dtypes.of(spec)) == 12 * tokens * vocab
 
 
 def test_chatglm_attention_keeps_its_kv_expanded_to_every_head():
