@@ -100,10 +100,11 @@ class Analysis:
 def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
     """(loss working set, extra during lm_head backward).
 
-    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss; during lm_head backward the
-    logits' gradient in the compute dtype + the gradient into the final norm. With Liger's fused
-    linear cross-entropy only a chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists,
-    and the input gradient (BT x H) is made in forward.
+    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss (models with their own loss code:
+    `model_loss_bytes_per_logit`); during lm_head backward the logits' gradient in the compute
+    dtype + the gradient into the final norm. With Liger's fused linear cross-entropy only a
+    chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists, and the input gradient
+    (BT x H) is made in forward.
     """
     shape = spec.resolved_model.shape
     vocab, hidden = shape.vocab_size, shape.hidden_size
@@ -111,16 +112,21 @@ def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
         chunk = 1 << (max(1, -(-tokens // -(-vocab // hidden))) - 1).bit_length()
         return tokens * hidden * dt.compute + chunk * vocab * dt.compute + tokens * 4, 0
     logits = tokens * vocab
-    return terms.LOSS_BYTES_PER_LOGIT * logits, logits * dt.compute + tokens * hidden * dt.hidden
+    own = terms.model_loss_bytes_per_logit(spec, dt)
+    backward = own[1] if own else terms.LOSS_BYTES_PER_LOGIT
+    return backward * logits, logits * dt.compute + tokens * hidden * dt.hidden
 
 
 def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
     """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
     log-softmax output, and before transformers 4.49 the shifted fp32 copy
-    (StackRules.forward_logit_bytes; Liger: its chunk, as in `logits_bytes`)."""
+    (StackRules.forward_logit_bytes; models with their own loss code:
+    `model_loss_bytes_per_logit`, whatever the transformers version; Liger: its chunk, as in
+    `logits_bytes`)."""
     if terms.liger_applies(spec):
         return logits_bytes(spec, tokens, dt)[0]
-    per_logit = StackRules.of(spec).forward_logit_bytes(dt.compute)
+    own = terms.model_loss_bytes_per_logit(spec, dt)
+    per_logit = own[0] if own else StackRules.of(spec).forward_logit_bytes(dt.compute)
     return tokens * spec.resolved_model.shape.vocab_size * per_logit
 
 

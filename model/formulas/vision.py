@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
 
+# Towers that are plain nn.Modules inside remote-code models (Qwen-VL's VisionTransformer), not
+# transformers PreTrainedModels: gradient checkpointing's input hook reaches only the text
+# embedding, so a frozen tower records nothing; their attention is always explicit (baddbmm +
+# softmax: the scores exist), their MLP is nn.GELU, their LayerNorms run in fp32 under autocast.
+PLAIN_MODULE_TOWERS = frozenset({"qwen_vl"})
+
 # --- images -----------------------------------------------------------------------------------
 
 
@@ -54,13 +60,13 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     v = shape.vision
     h, inter, heads = v.hidden_size, v.intermediate_size, v.num_attention_heads
     qwen = v.kind in ("qwen2_vl", "qwen2_5_vl")
-    if spec.attention == "eager":
+    if spec.attention == "eager" or v.kind in PLAIN_MODULE_TOWERS:
         core = 3 * h * dt.compute + heads * patches * (4 + dt.compute)
     else:  # Qwen: qkv's output, q and k after rotary, the output (+ o_proj's input if trained)
         core = ((6 if frozen else 7) if qwen else 4) * h * dt.compute + heads * 4
     # Qwen's fp32 rotary cos / sin: shared by every block (in _vision_shared_bytes) when frozen
     core += 2 * (h // heads) * 4 if qwen and not frozen else 0
-    act = {"qwen2_5_vl": 3 * dt.compute, "siglip": dt.compute}.get(
+    act = {"qwen2_5_vl": 3 * dt.compute, "siglip": dt.compute, "qwen_vl": dt.compute}.get(
         v.kind, activation_bytes("quick_gelu", dt))
     # the linears' inputs, kept for their weights' (or LoRA's) gradients: none when frozen
     inputs = 0 if frozen else (3 * h + inter) * dt.compute
@@ -93,7 +99,10 @@ def vision_in_graph(spec: Spec) -> bool:
     grad and every frozen block after it is in the graph; without checkpointing nothing installs
     the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing.
     transformers 4.x hooks only the top model's embeddings, LLaMA-Factory only for LoRA without
-    quantization (StackRules.hooks_every_input_embedding)."""
+    quantization (StackRules.hooks_every_input_embedding). PLAIN_MODULE_TOWERS are no
+    PreTrainedModel: no hook reaches them, only training puts them in the graph."""
+    if spec.resolved_model.shape.vision.kind in PLAIN_MODULE_TOWERS:
+        return spec.train_vision_tower
     return spec.train_vision_tower or StackRules.of(spec).hooks_every_input_embedding
 
 
@@ -120,7 +129,8 @@ def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
     """The tower's residual stream: CLIP's pre_layrnorm is an nn.LayerNorm, fp32 under autocast,
     so its blocks add into fp32 (modeling_clip.py CLIPVisionTransformer); Qwen's patch embedding
     output and blocks stay in the compute dtype."""
-    return 4 if shape.vision.kind == "clip" and dt.autocast else dt.compute
+    fp32_stream = shape.vision.kind == "clip" or shape.vision.kind in PLAIN_MODULE_TOWERS
+    return 4 if fp32_stream and dt.autocast else dt.compute
 
 
 def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
@@ -191,6 +201,6 @@ def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
     images = spec.batch_size * spec.images_per_sample
     patches = images * geometry.encoder_tokens
     working = patches * (3 * v.hidden_size + v.intermediate_size) * dt.compute
-    if spec.attention == "eager":
+    if spec.attention == "eager" or v.kind in PLAIN_MODULE_TOWERS:
         working += images * v.num_attention_heads * geometry.encoder_tokens**2 * (dt.compute + 8)
     return vision_activation_bytes(spec, dt) + working

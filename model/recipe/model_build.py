@@ -11,7 +11,7 @@ from torch import nn
 from vram_ml.model.recipe.frameworks import framework_for
 from vram_ml.model.recipe.methods import mark_trainable, quantize_linears
 from vram_ml.model.recipe.precision import compute_dtype
-from vram_ml.model.recipe.unsupported import UnsupportedRecipe
+from vram_ml.model.recipe.unsupported import UnsupportedRecipe, refuse_remote_code
 from vram_ml.model.recipe.weights import materialize
 
 if TYPE_CHECKING:
@@ -77,11 +77,12 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
         The model in train mode; a peft model for lora/qlora.
 
     Raises:
-        UnsupportedRecipe: liger kernels, an unsupported vision-language family, or a method the
-            recipe does not build.
+        UnsupportedRecipe: liger kernels, an unsupported vision-language family, a model that
+            is remote code only, or a method the recipe does not build.
     """
     from accelerate import init_empty_weights
 
+    refuse_remote_code(spec)
     device = torch.device(device)
     config = hf_config(spec)
     if spec.liger_kernel:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vram_ml.architectures import remote_code_refusal
 from vram_ml.model.estimate import Estimate
 from vram_ml.model.formulas.analytical import CUDA_CONTEXT_BYTES
 from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES
@@ -108,6 +109,9 @@ def simulate(spec: Spec, progress: Callable[[str], None] | None = None,
 
 
 def _run(spec: Spec, progress: Callable[[str], None] | None) -> StepRun:
+    refusal = remote_code_refusal(spec.resolved_model.name, spec.resolved_model.shape.model_type)
+    if refusal:  # before torch is imported: the refusal needs no library
+        raise ValueError(refusal)
     try:
         from vram_ml.model.simulate.step import simulate_step
     except ImportError as error:
