@@ -243,12 +243,9 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0:
             raise SpecError(f"image_max_pixels: must be a positive integer (got {pixels!r})")
         fields["image_resolution"] = math.isqrt(pixels)
-    for key, name in (
-        ("freeze_vision_tower", "train_vision_tower"),
-        ("freeze_multi_modal_projector", "train_projector"),
-    ):
+    for key in ("freeze_vision_tower", "freeze_multi_modal_projector"):
         if key in raw:
-            fields[name] = not bool(take(key))
+            fields[key] = take(key)
     if "images_per_sample" in raw:  # not a LLaMA-Factory key: its data decides; ours to say
         fields["images_per_sample"] = take("images_per_sample")
     if "deepspeed" in raw and take("deepspeed"):

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vram_ml.spec import Spec, SpecError, build_spec
+from vram_ml.spec import LEGACY_SPEC_FIELDS, Spec, SpecError, build_spec
 
 Status = Literal["ok", "oom", "error"]
 Backend = Literal["cuda", "cpu", "simulated"]
@@ -129,7 +129,7 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     Raises:
         SampleError: a missing, corrupt or inconsistent field (one line).
     """
-    row = {key: _clean(value) for key, value in row.items()}
+    row = _renamed_columns({key: _clean(value) for key, value in row.items()})
     spec_fields: dict[str, Any] = {}
     for name in SPEC_COLUMNS:
         if row.get(name) is None:
@@ -157,6 +157,16 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     return Sample(spec, measurement, provenance)
 
 
+def _renamed_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A row written before a Spec field was renamed (`LEGACY_SPEC_FIELDS`): its old column read
+    as the new one (booleans inverted). The spec_id is unchanged by a rename (Spec.canonical)."""
+    for old, new in LEGACY_SPEC_FIELDS.items():
+        if old in row and row.get(new) is None:
+            value = row.pop(old)
+            row[new] = None if value is None else not _as_bool(old, value)
+    return row
+
+
 def _clean(value: Any) -> Any:
     # pandas gives NaN for empty cells; CSV gives "".
     if value is None or value == "" or (isinstance(value, float) and value != value):
@@ -181,8 +191,8 @@ _BOOL_SPEC = {
     "double_quant",
     "gradient_checkpointing",
     "liger_kernel",
-    "train_vision_tower",
-    "train_projector",
+    "freeze_vision_tower",
+    "freeze_multi_modal_projector",
 }
 
 

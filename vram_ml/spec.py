@@ -29,6 +29,13 @@ Optimizer = Literal[
     "sgd", "adafactor",
 ]
 SPEC_VERSION = 1  # bump when a field's meaning changes: old spec_ids must not collide with new
+# Fields renamed to LLaMA-Factory's names (old name -> new name; the boolean is inverted). A rename
+# changes no configuration, so `spec_id` hashes these under their old names: ids in stores,
+# claims and datasets stay valid; rows with the old columns load (vram_ml.sample).
+LEGACY_SPEC_FIELDS = {
+    "train_vision_tower": "freeze_vision_tower",
+    "train_projector": "freeze_multi_modal_projector",
+}
 
 
 class SpecError(ValueError):
@@ -61,8 +68,8 @@ class Spec(BaseModel):
     liger_kernel: bool = default("liger_kernel")
     images_per_sample: int = Field(default=default("images_per_sample"), ge=0, le=64)
     image_resolution: int = Field(default=default("image_resolution"), ge=28, le=8192)
-    train_vision_tower: bool = default("train_vision_tower")
-    train_projector: bool = default("train_projector")
+    freeze_vision_tower: bool = default("freeze_vision_tower")
+    freeze_multi_modal_projector: bool = default("freeze_multi_modal_projector")
     num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
 
@@ -134,11 +141,14 @@ class Spec(BaseModel):
         return shape.linear_names if self.lora_target == ("all",) else self.lora_target
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that define the configuration, with the model named canonically."""
+        """The fields that define the configuration, with the model named canonically (renamed
+        fields under their old names, see LEGACY_SPEC_FIELDS: the hash does not move)."""
         fields = self.model_dump(mode="json")
         fields["model"] = self.resolved_model.name
         fields["lora_target"] = list(self.target_modules)
         fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
+        for old, new in LEGACY_SPEC_FIELDS.items():
+            fields[old] = not fields.pop(new)
         fields["spec_version"] = SPEC_VERSION
         return fields
 

@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas.parameters import (
+    Tensors,
+    adapter_tensors,
+    base_trainable_tensors,
+    numel,
+    projector_tensors,
+    vision_linear_tensors,
+)
+
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
@@ -30,7 +39,6 @@ BNB_8BIT_BLOCKSIZE = 256
 ZERO_BUCKET_ELEMENTS = 500_000_000
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
-Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector of `rows`
 
 
 @dataclass(frozen=True)
@@ -70,81 +78,7 @@ class Dtypes:
         return self
 
 
-# --- parameters -------------------------------------------------------------------------------
-
-
-def numel(tensors: Tensors) -> int:
-    return sum(rows * max(cols, 1) * count for rows, cols, count in tensors)
-
-
-def vision_linears(shape: ModelShape) -> Tensors:
-    """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
-    v = shape.vision
-    mlp = 3 if v.kind == "qwen2_5_vl" else 2
-    return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
-            (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]
-
-
-def _vision_tensors(shape: ModelShape) -> Tensors:
-    linear = vision_linears(shape)
-    rest = shape.vision.tower_params - numel(linear)
-    return linear + [(rest, 0, 1)] if rest > 0 else [(shape.vision.tower_params, 0, 1)]
-
-
-def _projector_tensors(shape: ModelShape) -> Tensors:
-    """The projector as one linear into the text hidden size (exact in parameter count)."""
-    hidden = shape.hidden_size
-    return [(hidden, shape.projector_params // hidden, 1)]
-
-
-def _layer_tensors(shape: ModelShape) -> Tensors:
-    tensors = [(lin.out_features, lin.in_features, lin.count) for lin in shape.layer_linears]
-    tensors += [(lin.out_features, 0, lin.count) for lin in shape.layer_linears if lin.bias]
-    return tensors + [(shape.layer_other_params, 0, 1)]
-
-
-def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
-    vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
-    hidden, tensors = shape.hidden_size, []
-    if spec.method == "full":
-        tensors = [(shape.embedding_params // hidden, hidden, 1),
-                   (shape.final_norm_params + shape.extra_params, 0, 1)]
-        tensors += [(t[0], t[1], t[2] * shape.num_layers) for t in _layer_tensors(shape)]
-        if shape.lm_head_params:
-            tensors.append((shape.lm_head_params // hidden, hidden, 1))
-    elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
-        tensors = [(t[0], t[1], t[2] * layers) for t in _layer_tensors(shape)]
-    if shape.vision is not None and spec.method in ("full", "freeze"):
-        tensors += _vision_tensors(shape) if spec.train_vision_tower else []
-        tensors += _projector_tensors(shape) if spec.train_projector else []
-    return tensors
-
-
-def _lora_pair(rank: int, in_features: int, out_features: int, count: int) -> Tensors:
-    return [(rank, in_features, count), (out_features, rank, count)]  # A: r x in, B: out x r
-
-
-def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """LoRA A and B per targeted linear of every decoder layer (peft LoraLayer); the vision tower
-    and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
-    if spec.method not in ("lora", "qlora"):
-        return []
-    rank, targets = spec.lora_rank, set(spec.target_modules)
-    tensors = []
-    for lin in shape.layer_linears:
-        if lin.name in targets and not lin.fused:
-            tensors += _lora_pair(rank, lin.in_features, lin.out_features,
-                                  lin.count * shape.num_layers)
-    if shape.vision is not None and spec.lora_target == ("all",):
-        if spec.train_vision_tower:
-            for rows, cols, count in vision_linears(shape):
-                tensors += _lora_pair(rank, cols, rows, count)
-        if spec.train_projector:
-            tensors += _lora_pair(rank, shape.projector_params // shape.hidden_size,
-                                  shape.hidden_size, 1)
-    return tensors
+# --- parameters (which train: parameters.py) ---------------------------------------------
 
 
 def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
@@ -156,7 +90,7 @@ def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
                for lin in shape.layer_linears if not lin.fused]
     if shape.vision is not None:
-        tensors += vision_linears(shape) + _projector_tensors(shape)
+        tensors += vision_linear_tensors(shape) + projector_tensors(shape)[:1]
     return tensors
 
 

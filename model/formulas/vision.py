@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.activations import activation_bytes
 from vram_ml.model.formulas.model_states import Dtypes
+from vram_ml.model.formulas.parameters import trainable_parameters
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -20,8 +21,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    lm_tokens: int  # tokens one image puts in the text sequence
+    """One image, as the model sees it: the one definition of image tokens (the recipe's batch,
+    the features, the planner and the estimators all read it)."""
+
+    lm_tokens: int  # tokens one image puts in the text sequence (counted in seq_len)
     encoder_tokens: int  # patch states the vision tower runs for one image
+    placeholder_tokens: int  # of lm_tokens, the image-token ids replaced by image features
+    grid: int = 0  # dynamic resolution: patches per side after the processor's resize
 
 
 def image_geometry(spec: Spec) -> ImageGeometry:
@@ -32,15 +38,16 @@ def image_geometry(spec: Spec) -> ImageGeometry:
     if v.dynamic_resolution:
         factor = v.patch_size * v.spatial_merge_size
         side = max(factor, round(spec.image_resolution / factor) * factor)
-        patches = (side // v.patch_size) ** 2
-        return ImageGeometry(patches // v.spatial_merge_size**2 + 2, patches)
+        grid = side // v.patch_size
+        placeholders = grid**2 // v.spatial_merge_size**2
+        return ImageGeometry(placeholders + 2, grid**2, placeholders, grid)
     tokens = v.fixed_image_tokens or (v.image_size // v.patch_size) ** 2
     encoder = v.encoder_tokens_per_image or tokens
     if v.kind == "idefics3":
         tiles = ceil(spec.image_resolution / v.image_size) ** 2
         tiles += 1 if tiles > 1 else 0
-        return ImageGeometry(tiles * tokens, tiles * encoder)
-    return ImageGeometry(tokens, encoder)
+        return ImageGeometry(tiles * tokens, tiles * encoder, tiles * tokens)
+    return ImageGeometry(tokens, encoder, tokens)
 
 
 
@@ -87,7 +94,7 @@ def vision_in_graph(spec: Spec) -> bool:
     (modeling_clip.py:588, modeling_utils.py:983-985). The patch embedding's output then requires
     grad and every frozen block after it is in the graph; without checkpointing nothing installs
     the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing."""
-    return spec.train_vision_tower or spec.gradient_checkpointing
+    return trainable_parameters(spec).vision > 0 or spec.gradient_checkpointing
 
 
 def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
@@ -130,7 +137,7 @@ def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
     total = pixel_bytes(spec)
     if not vision_in_graph(spec):
-        if spec.train_projector:
+        if trainable_parameters(spec).projector:
             total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
         return total
     if spec.gradient_checkpointing:
@@ -138,7 +145,8 @@ def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
     else:
         per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
     total += patches * per_layer * v.num_layers
-    if spec.train_vision_tower or spec.train_projector:
+    trained = trainable_parameters(spec)
+    if trained.vision or trained.projector:
         total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
     else:
         total += _vision_shared_bytes(spec, shape, dt, patches)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
+from vram_ml.model.formulas.parameters import parameter_counts
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -91,8 +92,8 @@ SPEC_FEATURES = (
     "liger_kernel",
     "images_per_sample",
     "image_resolution",
-    "train_vision_tower",
-    "train_projector",
+    "freeze_vision_tower",
+    "freeze_multi_modal_projector",
     "num_gpus",
     "zero_stage",
 )
@@ -205,8 +206,8 @@ def spec_row(spec: Spec) -> tuple[float, ...]:
         float(spec.liger_kernel),
         spec.images_per_sample,
         spec.image_resolution,
-        float(spec.train_vision_tower),
-        float(spec.train_projector),
+        float(spec.freeze_vision_tower),
+        float(spec.freeze_multi_modal_projector),
         spec.num_gpus,
         spec.zero_stage,
     )
@@ -221,28 +222,6 @@ def analytical_row(estimate: Estimate) -> tuple[float, ...]:
         (estimate.peak_allocated_bytes or 0) / peak,
         *(estimate.breakdown.get(term, 0) / peak for term in BREAKDOWN_TERMS),
     )
-
-
-def parameter_counts(spec: Spec) -> tuple[int, int]:
-    """(trainable, frozen) parameters as LLaMA-Factory sets them up; LoRA adapters count as
-    trainable, the base weights they wrap as frozen."""
-    shape = spec.resolved_model.shape
-    extra_trained = (shape.vision_params if spec.train_vision_tower else 0) + (
-        shape.projector_params if spec.train_projector else 0
-    )
-    if spec.method == "full":
-        trained = shape.total_params - shape.vision_params - shape.projector_params + extra_trained
-        return trained, shape.total_params - trained
-    if spec.method == "freeze":
-        trained = spec.freeze_trainable_layers * shape.layer_params + extra_trained
-        return trained, shape.total_params - trained
-    targets = set(spec.target_modules)
-    adapters = shape.num_layers * sum(
-        linear.count * spec.lora_rank * (linear.in_features + linear.out_features)
-        for linear in shape.layer_linears
-        if linear.name in targets and not linear.fused
-    )
-    return adapters + extra_trained, shape.total_params - extra_trained
 
 
 def image_tokens(spec: Spec) -> tuple[int, int]:
@@ -264,8 +243,8 @@ def _counts(spec: Spec) -> tuple[int, int, int]:
         spec.lora_rank,
         spec.lora_target,
         spec.freeze_trainable_layers,
-        spec.train_vision_tower,
-        spec.train_projector,
+        spec.freeze_vision_tower,
+        spec.freeze_multi_modal_projector,
     )
     counts = _count_rows.get(key)
     if counts is None:

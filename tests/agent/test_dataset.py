@@ -28,6 +28,21 @@ def test_every_column_is_documented():
     assert set(COLUMN_DOCS) == set(COLUMNS)
 
 
+def test_rows_written_before_the_rename_load_with_their_spec_id(make_sample):
+    """train_vision_tower / train_projector became LLaMA-Factory's freeze_* keys: an old row (its
+    old columns, inverted values) loads, and its stored spec_id still matches."""
+    sample = make_sample({"model": "Qwen/Qwen2-VL-2B-Instruct", "freeze_vision_tower": False,
+                          "images_per_sample": 1, "seq_len": 1024})
+    old = sample_to_row(sample)
+    old["train_vision_tower"] = str(not old.pop("freeze_vision_tower"))  # CSV text: "True"
+    old["train_projector"] = str(not old.pop("freeze_multi_modal_projector"))
+    result = validate_rows([old])
+    assert result.ok, result.problems
+    loaded = result.samples[0]
+    assert loaded.spec_id == sample.spec_id == old["spec_id"]
+    assert not loaded.spec.freeze_vision_tower and loaded.spec.freeze_multi_modal_projector
+
+
 def test_validate_finds_each_problem(tiny_specs, make_sample):
     samples = [make_sample(s) for s in tiny_specs]
     good = [sample_to_row(s) for s in samples]

@@ -41,8 +41,8 @@ def test_every_knob_is_a_spec_field_with_valid_values():
             fields = {**base, name: raw}
             if name in ("quant_bits", "quant_type", "double_quant") or raw == "qlora":
                 fields.update(method="qlora", quant_bits=fields.get("quant_bits", 4))
-            if name in ("images_per_sample", "image_resolution", "train_vision_tower",
-                        "train_projector"):
+            if name in ("images_per_sample", "image_resolution", "freeze_vision_tower",
+                        "freeze_multi_modal_projector"):
                 fields["model"] = "Qwen/Qwen2-VL-2B-Instruct"
             if name == "lora_target" and raw == "attention":
                 continue  # a planner alias, resolved per model

@@ -43,6 +43,8 @@ def test_spec_id_changes_with_every_memory_knob():
         dict(liger_kernel=True),
         dict(num_gpus=2),
         dict(model_overrides={"num_hidden_layers": 4}),
+        dict(freeze_vision_tower=False),
+        dict(freeze_multi_modal_projector=False),
     ]
     ids = {base.spec_id}
     for change in variants:

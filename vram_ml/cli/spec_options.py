@@ -119,13 +119,19 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[int | None, typer.Option(help="Image side in pixels (VLMs).")],
         "image_resolution",
     ),
-    "train_vision_tower": (
-        Annotated[bool | None, typer.Option(help="Train the vision tower.")],
-        "train_vision_tower",
+    "freeze_vision_tower": (
+        Annotated[
+            bool | None,
+            typer.Option(help="Freeze the vision tower (VLMs; LLaMA-Factory's default: yes)."),
+        ],
+        "freeze_vision_tower",
     ),
-    "train_projector": (
-        Annotated[bool | None, typer.Option(help="Train the projector.")],
-        "train_projector",
+    "freeze_multi_modal_projector": (
+        Annotated[
+            bool | None,
+            typer.Option(help="Freeze the projector (VLMs; LLaMA-Factory's default: yes)."),
+        ],
+        "freeze_multi_modal_projector",
     ),
     "num_gpus": (Annotated[int | None, typer.Option(help="GPUs (data parallel).")], "num_gpus"),
     "zero_stage": (

@@ -231,15 +231,15 @@ def test_moe_keeps_every_expert_but_routes_top_k():
 def test_vlm_images_add_vision_activations():
     def vlm(**fields) -> dict[str, int]:
         base = dict(model=QWEN2_VL, method="lora", seq_len=2048, batch_size=1,
-                    train_vision_tower=True)
+                    freeze_vision_tower=False)
         return analytical_terms(build_spec(**{**base, **fields}))
 
     none, one = vlm(), vlm(images_per_sample=1)
     assert one["activations"] > none["activations"]
     assert vlm(images_per_sample=2)["activations"] > one["activations"]
     assert vlm(images_per_sample=1, image_resolution=1024)["activations"] > one["activations"]
-    frozen = vlm(images_per_sample=1, train_vision_tower=False)
-    assert frozen["moment_vision_forward"] > vlm(train_vision_tower=False)[
+    frozen = vlm(images_per_sample=1, freeze_vision_tower=True)
+    assert frozen["moment_vision_forward"] > vlm(freeze_vision_tower=True)[
         "moment_vision_forward"]
 
 

@@ -131,8 +131,8 @@ def test_a_real_cpu_step_trains():
 
 @pytest.mark.parametrize("vision,projector", [(False, False), (False, True), (True, False)])
 def test_qwen2_vl_merger_is_the_projector(vision, projector):
-    spec = tiny_spec(TINY_QWEN2_VL, method="full", train_vision_tower=vision,
-                     train_projector=projector)
+    spec = tiny_spec(TINY_QWEN2_VL, method="full", freeze_vision_tower=not vision,
+                     freeze_multi_modal_projector=not projector)
     trainable = _trainable(recipe.build_model(spec, "meta"))
     assert any("visual.merger" in n for n in trainable) == projector
     assert any("visual.blocks" in n for n in trainable) == vision

@@ -39,13 +39,14 @@ RECIPES = [
 
 VLMS = [
     pytest.param(TINY_LLAVA, dict(), id="llava-lora"),
-    pytest.param(TINY_LLAVA, dict(method="full", train_projector=True), id="llava-full-projector"),
+    pytest.param(TINY_LLAVA, dict(method="full", freeze_multi_modal_projector=False),
+                 id="llava-full-projector"),
     pytest.param(TINY_LLAVA, dict(method="qlora", quant_bits=4, images_per_sample=2),
                  id="llava-qlora-2-images"),
     pytest.param(TINY_QWEN2_VL, dict(), id="qwen2vl-lora"),
     pytest.param(TINY_QWEN2_VL, dict(method="qlora", quant_bits=4, gradient_checkpointing=False),
                  id="qwen2vl-qlora"),
-    pytest.param(TINY_QWEN2_VL, dict(train_vision_tower=True, image_resolution=168),
+    pytest.param(TINY_QWEN2_VL, dict(freeze_vision_tower=False, image_resolution=168),
                  id="qwen2vl-lora-vision-tower"),
 ]
 
