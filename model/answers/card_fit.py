@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from vram_ml.model.learned.estimator import LearnedEstimator
+from vram_ml.model.answers.prediction import verdict
+from vram_ml.model.learned.estimator import LEARNED_UPPER_BASIS, LearnedEstimator
 from vram_ml.spec import Spec, SpecError, build_spec
 
 MAX_BATCH = 1024
@@ -51,10 +52,11 @@ class FitReport:
     spec: Spec
     gpu_memory_bytes: int
     estimator: str  # who answered: learned | analytical
-    bound_name: str  # "upper bound (q0.95)" | "point estimate"
+    bound_name: str  # "upper bound (q0.95 ...)" | "upper bound (assumed margin ...)" | "point ..."
     peak_vram_bytes: int
     bound_vram_bytes: int
-    fits: bool
+    verdict: str  # fits | tight | does not fit: predict's verdict (answers.prediction.verdict)
+    fits: bool  # verdict == "fits": what the searches below require
     max_batch_size: int | None  # None: not even batch 1 fits
     max_seq_len: int | None
     batch_size: int  # the batch proposed for the target effective batch
@@ -139,6 +141,7 @@ def find_fit(
         bound_name=_bound_name(first),
         peak_vram_bytes=round(first.peak_vram_bytes[0]),
         bound_vram_bytes=round(bound[0]),
+        verdict=verdict(first.peak_vram_bytes[0], bound[0], gpu_memory_bytes),
         fits=bool(bound[0] <= gpu_memory_bytes),
         max_batch_size=largest_fitting(
             spec, "batch_size", _batch_candidates, gpu_memory_bytes, estimator
@@ -268,7 +271,9 @@ def _variant(spec: Spec, fields: dict[str, Any]) -> Spec | None:
 def _bound_name(prediction: Any) -> str:
     if prediction.upper_vram_bytes is None:
         return "point estimate"
-    return "upper bound (q0.95)" if prediction.estimator == "learned" else "upper bound"
+    if prediction.estimator == "learned":
+        return f"upper bound ({LEARNED_UPPER_BASIS})"
+    return f"upper bound ({prediction.analytical[0].upper_basis})"
 
 
 def _bounds(prediction: Any) -> np.ndarray:

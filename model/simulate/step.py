@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from vram_ml.model import recipe
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
+from vram_ml.model.simulate.allocator import CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
 from vram_ml.model.simulate.tracker import LiveStorageTracker, Peak

@@ -27,9 +27,14 @@ def test_every_model_variant_of_the_space_resolves():
         for entry in space["models"]:
             for variant in entry.get("variants", [{}]):
                 try:
-                    build_spec(model=entry["model"], model_overrides=variant)
+                    spec = build_spec(model=entry["model"], model_overrides=variant)
                 except SpecError as error:
                     pytest.fail(f"{entry['model']} {variant}: {error}")
+                for dotted, value in variant.items():  # the override reached the config
+                    config = spec.resolved_model.config
+                    for key in dotted.split("."):
+                        config = config[key]
+                    assert config == value, (entry["model"], dotted)
 
 
 def test_every_knob_is_a_spec_field_with_valid_values():
@@ -46,7 +51,9 @@ def test_every_knob_is_a_spec_field_with_valid_values():
                 fields["model"] = "Qwen/Qwen2-VL-2B-Instruct"
             if name == "lora_target" and raw == "attention":
                 continue  # a planner alias, resolved per model
-            build_spec(**fields)
+            spec = build_spec(**fields)
+            expected = (raw,) if name == "lora_target" else raw
+            assert getattr(spec, name) == expected, (name, raw)
 
 
 def test_knobs_that_do_not_apply_are_reset():

@@ -45,8 +45,14 @@ def echo_spec(spec_input: SpecInput) -> None:
             + ", ".join(spec_input.unmodelled)
             + "[/]"
         )
+    if spec_input.unassessed:
+        console.print("[yellow]not assessed (LLaMA-Factory keys whose memory effect vram-ml has "
+                      "not classified): " + ", ".join(spec_input.unassessed) + "[/]")
     if spec_input.unknown:
-        console.print("[yellow]unknown keys: " + ", ".join(spec_input.unknown) + "[/]")
+        console.print("[yellow]unknown keys (LLaMA-Factory would refuse them; --allow-unknown): "
+                      + ", ".join(spec_input.unknown) + "[/]")
+    if "images_per_sample" in spec_input.assumed:
+        console.print(f"[yellow]{spec_input.assumed['images_per_sample']}[/]")
 
 
 def estimates_table(estimates: list[Estimate], title: str = "Peak VRAM (GiB)") -> Table:

@@ -32,6 +32,7 @@ class SpecInput:
     ignored: list[str] = field(default_factory=list)
     unmodelled: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    unassessed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class SpecInput:
             "ignored": self.ignored,
             "unmodelled": self.unmodelled,
             "unknown": self.unknown,
+            "unassessed": self.unassessed,
         }
 
 
@@ -55,6 +57,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 # name -> (annotation, Spec field). Typer reads these; None means "not given".
 _OPTIONS: dict[str, tuple[Any, str | None]] = {
     "config": (Annotated[Path | None, typer.Option(help="LLaMA-Factory training YAML.")], None),
+    "allow_unknown": (
+        Annotated[
+            bool | None,
+            typer.Option("--allow-unknown", help="Go on past YAML keys LLaMA-Factory refuses."),
+        ],
+        None,
+    ),
     "model": (
         Annotated[str | None, typer.Option(help="Catalog id, HF id or config.json path.")],
         "model",
@@ -153,7 +162,7 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
     Raises:
         SpecError: invalid configuration, one line.
     """
-    from vram_ml.llamafactory import read_llamafactory_yaml
+    from vram_ml.llamafactory import IMAGES_ASSUMED, images_assumed_note, read_llamafactory_yaml
 
     fields = {
         spec_field: options[name]
@@ -163,21 +172,26 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
     overrides = _parse_overrides(options.get("override") or [])
     if overrides:
         fields["model_overrides"] = overrides
-    config = options.get("config")
+    config, allow_unknown = options.get("config"), bool(options.get("allow_unknown"))
     if config is None and "model" not in fields:
         with resources.as_file(resources.files("vram_ml") / "examples" / EXAMPLE_CONFIG) as example:
-            read = read_llamafactory_yaml(example, fields)
+            read = read_llamafactory_yaml(example, fields, allow_unknown)
         source = f"example ({EXAMPLE_CONFIG})"
     elif config is not None:
-        read = read_llamafactory_yaml(config, fields)
+        read = read_llamafactory_yaml(config, fields, allow_unknown)
         source = str(config)
     else:
         from vram_ml.spec import build_spec
 
         spec = build_spec(**fields)
-        assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
+        multimodal = spec.resolved_model.shape.is_multimodal
+        assumed = assumed_defaults(fields, multimodal)
+        if multimodal and "images_per_sample" not in fields:  # as for a YAML: said, not hidden
+            spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
+            assumed["images_per_sample"] = images_assumed_note()
         return SpecInput(spec, "flags", assumed)
-    return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
+    return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown,
+                     read.unassessed)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, int | float]:

@@ -13,7 +13,7 @@ import pytest
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, GIB, get_estimator
 from vram_ml.model.formulas import AnalyticalEstimator, SeedFormulaEstimator
-from vram_ml.model.formulas.analytical import analyse, analytical_breakdown, analytical_terms
+from vram_ml.model.formulas.analytical import analyse, analytical_terms
 from vram_ml.model.formulas.seed_formula import seed_formula_breakdown
 from vram_ml.model_source import load_catalog
 from vram_ml.spec import build_spec
@@ -73,14 +73,11 @@ def test_every_catalog_model_estimates(hf_id):
         assert AnalyticalEstimator().estimate(spec).peak_vram_bytes > 0
 
 
-def test_registry_builds_both_estimators():
-    assert get_estimator("seed-formula").name == "seed-formula"
-    assert get_estimator("analytical").name == "analytical"
-
-
-def test_analytical_breakdown_matches_the_estimate():
-    spec = make_spec()
-    assert analytical_breakdown(spec) == AnalyticalEstimator().estimate(spec).breakdown
+def test_registry_names_each_estimator_and_refuses_unknown_ones():
+    assert type(get_estimator("seed-formula")) is SeedFormulaEstimator
+    assert type(get_estimator("analytical")) is AnalyticalEstimator
+    with pytest.raises(KeyError, match="known: seed-formula, analytical, simulate, learned"):
+        get_estimator("analytic")
 
 
 # --- each term moves the way physics says ---------------------------------------------------
@@ -303,22 +300,6 @@ def test_estimating_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fields", [
-    {}, {"method": "full"}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"},
-    {"gradient_checkpointing": True}, {"attention": "eager"}, {"method": "freeze"},
-    {"lora_dropout": 0.1, "optimizer": "adamw_8bit"},
-])
-def test_analytical_agrees_with_the_simulated_step(fields, assets):
-    """Two independent answers (closed form, fake-tensor execution) on a tiny untied Llama."""
-    simulate = pytest.importorskip("vram_ml.model.simulate.estimator").simulate
-    spec = build_spec(**{"model": str(assets / "tiny_llama_config.json"), "batch_size": 2,
-                         "seq_len": 256, "precision": "bf16", "gradient_checkpointing": False,
-                         **fields})
-    simulated = simulate(spec).peak_tensor_bytes
-    assert analyse(spec).peak_allocated == pytest.approx(simulated, rel=0.05)
 
 
 # --- vision activations against simulate (the fake-tensor step) ---------------------------------

@@ -76,19 +76,19 @@ def test_predict_table_with_a_model(artifact_dir):
         "seed-formula",
         "upper bound",
         "learned correction",
-        "12 GB card",
-        "80 GB card",
+        "12 GiB card",
+        "80 GiB card",
         "synthetic",
     ):
         assert text in output, text
-    assert "24 GB card" not in output
+    assert "24 GiB card" not in output
 
 
 def test_predict_table_without_a_model_shows_the_fallback_line():
     result = runner.invoke(app, ["predict", *QWEN])
     assert result.exit_code == 0, result.output
     assert "Fallback: no learned model is bundled" in result.stdout
-    assert "answered by: analytical" in result.stdout and "24 GB card" in result.stdout
+    assert "answered by: analytical" in result.stdout and "24 GiB card" in result.stdout
 
 
 def test_predict_json_with_a_model(artifact_dir):

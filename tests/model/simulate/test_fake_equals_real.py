@@ -57,8 +57,8 @@ def assert_fake_equals_real(spec):
     fake, real = simulate_step(spec).peak, run_on_cpu(spec).peak
     assert fake.peak_tensor_bytes == real.peak_tensor_bytes
     assert fake.peak_rounded_bytes == real.peak_rounded_bytes
-    assert fake.peak_reserved_cuda_bytes == real.peak_reserved_cuda_bytes
-    assert fake.peak_allocated_cuda_bytes == real.peak_allocated_cuda_bytes
+    assert fake.peak_reserved_bytes == real.peak_reserved_bytes
+    assert fake.peak_allocated_bytes == real.peak_allocated_bytes
     assert fake.breakdown == real.breakdown
     assert (fake.step, fake.phase, fake.ops) == (real.step, real.phase, real.ops)
     assert fake.peak_tensor_bytes > sum(v for k, v in fake.breakdown.items() if k == "weights")
