@@ -187,7 +187,7 @@ def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> Non
             hidden_bytes=cuda_hidden_bytes, allocator=CachingAllocator(),
         )
         # what lives across the steps, registered exactly as simulate registers it
-        register_state(tracker, model, batch)
+        register_state(tracker, model, batch, optimizer)
         tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
         tracker.observe(phase="setup")
         handles = tracker.watch_training(model, optimizer)

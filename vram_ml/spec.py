@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vram_ml.defaults import default
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
+from vram_ml.optimizers import Optimizer, optimizer_name
 
 Method = Literal["full", "freeze", "lora", "qlora"]
 # bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
@@ -24,10 +25,6 @@ Method = Literal["full", "freeze", "lora", "qlora"]
 # no_amp: half-precision weights without autocast (LLaMA-Factory when neither flag is set).
 Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
 Attention = Literal["eager", "sdpa", "flash_attention_2"]
-Optimizer = Literal[
-    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
-    "sgd", "adafactor",
-]
 SPEC_VERSION = 1  # bump when a field's meaning changes: old spec_ids must not collide with new
 # Fields renamed to LLaMA-Factory's names (old name -> new name; the boolean is inverted). A rename
 # changes no configuration, so `spec_id` hashes these under their old names: ids in stores,
@@ -72,6 +69,11 @@ class Spec(BaseModel):
     freeze_multi_modal_projector: bool = default("freeze_multi_modal_projector")
     num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_name(cls, value: Any) -> Any:
+        return optimizer_name(value)
 
     @field_validator("lora_target", mode="before")
     @classmethod

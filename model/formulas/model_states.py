@@ -114,33 +114,51 @@ def quantization_constant_bytes(spec: Spec, tensors: Tensors) -> int:
 # --- optimizer --------------------------------------------------------------------------------
 
 
-def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
-    """(states, step temporaries) of `optimizer` over the trainable tensors.
+# Optimizer -> (states per parameter, how each is stored): "param" in the parameter's dtype
+# (torch, zeros_like), "fp32", "bnb8" (bitsandbytes blockwise uint8 + an fp32 absmax per 256, fp32
+# below min_8bit_size elements), "factored" (Adafactor), "none". AdamW / AdEMAMix (bitsandbytes
+# keeps its fast and slow EMAs in one double buffer) / Lion / RMSprop / Adagrad, as built by
+# transformers 5.24 trainer_optimizer.py (SGD and RMSprop with momentum 0, RMSprop not centered).
+OPTIMIZER_STATES: dict[str, tuple[int, str]] = {
+    "adamw_torch": (2, "param"), "adamw_torch_fused": (2, "param"),
+    "adamw_8bit": (2, "bnb8"), "paged_adamw_8bit": (2, "bnb8"), "paged_adamw_32bit": (2, "fp32"),
+    "lion_8bit": (1, "bnb8"), "paged_lion_8bit": (1, "bnb8"),
+    "lion_32bit": (1, "fp32"), "paged_lion_32bit": (1, "fp32"),
+    "ademamix_8bit": (3, "bnb8"), "paged_ademamix_8bit": (3, "bnb8"),
+    "ademamix": (3, "fp32"), "paged_ademamix_32bit": (3, "fp32"),
+    "rmsprop": (1, "param"), "rmsprop_bnb_8bit": (1, "bnb8"), "rmsprop_bnb_32bit": (1, "fp32"),
+    "adagrad": (1, "param"), "sgd": (0, "none"), "adafactor": (1, "factored"),
+}
+# torch optimizers whose CUDA default (`foreach`) makes one full copy of a state per step
+# (_foreach_sqrt of exp_avg_sq / square_avg / state_sum); fused AdamW makes none.
+FOREACH_COPY_OPTIMIZERS = frozenset({"adamw_torch", "rmsprop", "adagrad"})
 
-    AdamW (torch, zeros_like(param)): exp_avg + exp_avg_sq in the parameter's dtype; `foreach`
-    (HF's adamw_torch on CUDA) makes one more full copy (_foreach_sqrt of exp_avg_sq), fused none.
-    bitsandbytes 8-bit: 2 uint8 states + fp32 absmax per 256 (fp32 states for small tensors);
-    32-bit paged: 2 fp32 states. SGD (momentum 0, HF's default): none. Adafactor (HF, beta1 None):
-    fp32 row + column factors per matrix, a full fp32 state per vector; its step works one
-    parameter at a time with ~2 fp32 temporaries of it (update, grad**2).
+
+def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
+    """(states, step temporaries) of `optimizer` over the trainable tensors (OPTIMIZER_STATES).
+
+    Adafactor (HF, beta1 None): fp32 row + column factors per matrix, a full fp32 state per
+    vector; its step works one parameter at a time with ~2 fp32 temporaries of it (update,
+    grad**2). `foreach` torch optimizers: one state-sized copy (FOREACH_COPY_OPTIMIZERS).
     """
+    count_per, kind = OPTIMIZER_STATES[optimizer]
     states = temporaries = 0
     for rows, cols, count in tensors:
         size = rows * max(cols, 1)
-        if optimizer in ("adamw_torch", "adamw_torch_fused"):
-            per = 2 * size * state_bytes
-        elif optimizer == "paged_adamw_32bit":
-            per = 8 * size
-        elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-            per = (2 * size + 8 * ceil(size / BNB_8BIT_BLOCKSIZE)
-                   if size >= BNB_8BIT_MIN_SIZE else 8 * size)
-        elif optimizer == "adafactor":
+        if kind == "param":
+            per = size * state_bytes
+        elif kind == "bnb8":
+            per = (size + 4 * ceil(size / BNB_8BIT_BLOCKSIZE)
+                   if size >= BNB_8BIT_MIN_SIZE else 4 * size)
+        elif kind == "fp32":
+            per = 4 * size
+        elif kind == "factored":
             per = (rows + cols) * 4 if cols else size * 4
             temporaries = max(temporaries, 2 * size * 4)
-        else:  # sgd
+        else:
             per = 0
-        states += per * count
-    if optimizer == "adamw_torch":
+        states += count_per * per * count
+    if optimizer in FOREACH_COPY_OPTIMIZERS:
         temporaries = numel(tensors) * state_bytes
     return states, temporaries
 

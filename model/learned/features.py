@@ -28,6 +28,7 @@ import numpy as np
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas.parameters import parameter_counts
+from vram_ml.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -36,15 +37,6 @@ if TYPE_CHECKING:
 METHODS = ("full", "freeze", "lora", "qlora")
 PRECISIONS = ("bf16", "fp16", "pure_bf16", "fp32", "no_amp")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
-OPTIMIZERS = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "sgd",
-    "adafactor",
-)
 
 BASE_FEATURE = "log_analytical_peak"  # natural log of the analytical peak, bytes
 SHAPE_FEATURES = (

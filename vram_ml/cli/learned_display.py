@@ -100,9 +100,10 @@ def print_fit(report: FitReport) -> None:
         for column in ("change", "cost", "peak (GiB)", "bound (GiB)"):
             table.add_column(column, justify="right" if "GiB" in column else "left")
         for change in report.changes:
+            cost = change.cost + (f" [yellow]({change.unmeasured})[/]" if change.unmeasured else "")
             table.add_row(
                 change.description,
-                change.cost,
+                cost,
                 gib(change.peak_vram_bytes),
                 gib(change.bound_vram_bytes),
             )
@@ -112,6 +113,7 @@ def print_fit(report: FitReport) -> None:
         console.print(
             f"  no single change fits; together: [bold]{change.description}[/] -> bound "
             f"{gib(change.bound_vram_bytes)} GiB"
+            + (f" [yellow]({change.unmeasured})[/]" if change.unmeasured else "")
         )
     elif not report.fits:
         console.print(

@@ -65,8 +65,10 @@ def fit(
         float, typer.Option(help="Card memory in GiB (a '24 GB' card is 24).")
     ] = 24.0,
     target_batch: Annotated[
-        int, typer.Option(help="Effective batch to keep: batch x accumulation x GPUs.", min=1)
-    ] = 32,
+        int | None,
+        typer.Option(help="Effective batch to keep: batch x accumulation x GPUs "
+                          "(default: the spec's own).", min=1),
+    ] = None,
     artifact: ArtifactOption = None,
     as_json: JsonOption = False,
 ) -> None:

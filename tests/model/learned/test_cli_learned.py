@@ -114,8 +114,8 @@ def test_fit_json_and_table(artifact_dir):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["estimator"] == "learned" and payload["target_effective_batch"] == 64
-    if payload["max_batch_size"]:
-        assert payload["batch_size"] * payload["gradient_accumulation"] == 64
+    assert payload["max_batch_size"] >= 1  # a 1.5B LoRA fits 24 GiB at some batch
+    assert payload["batch_size"] * payload["gradient_accumulation"] == 64
     table = runner.invoke(app, args)
     assert "largest batch size that fits" in table.stdout and "24 GiB card" in table.stdout
 
