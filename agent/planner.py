@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from vram_ml.agent.space_file import validate_space
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 
@@ -75,12 +76,12 @@ def load_space(path: Path | None = None, backend: str = "cuda") -> dict[str, Any
     else:
         text = read_text_file(path, "space")
     try:
-        space = yaml.safe_load(text)
+        space = validate_space(yaml.safe_load(text))
     except yaml.YAMLError as error:
         raise PlanError(f"space: {path} is not valid YAML ({str(error).splitlines()[0]})") \
             from None
-    if not isinstance(space, dict) or "models" not in space or "knobs" not in space:
-        raise PlanError(f"space: {path or 'space.yaml'} needs `models` and `knobs`")
+    except ValueError as error:
+        raise PlanError(f"space: {path or 'space.yaml'}: {error}") from None
     if backend == "cpu" and "cpu" in space:
         cpu = space["cpu"]
         space = {**space, "models": cpu["models"], "knobs": {**space["knobs"], **cpu["knobs"]},

@@ -161,3 +161,22 @@ def test_plan_files_yaml_and_jsonl(write_plan, tiny_specs, tmp_path):
         read_plan_file(bad)
     with pytest.raises(PlanError, match="cannot read"):
         read_plan_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("knobs: {method: [lora]}\n", "models: Field required"),
+    ("models: [{variants: [{}]}]\nknobs: {method: [lora]}\n", "models.0.model: Field required"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {lora_rnak: [8]}\n", "lora_rnak: not a Spec"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: []}\n", "knobs.method: needs at"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: [lora]}\nfit: {margin: abc}\n",
+     "fit.margin"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: [lora]}\ncpu: {knobs: {}}\n",
+     "cpu.models: Field required"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_a_malformed_space_is_one_line_naming_where(tmp_path, text, fragment):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(PlanError) as error:
+        load_space(path, backend="cpu")
+    assert fragment in str(error.value) and "\n" not in str(error.value)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vram_ml.cli.display import print_json
-from vram_ml.cli.spec_options import fail
+from vram_ml.cli.spec_options import fail, fail_to_write
 
 if TYPE_CHECKING:
     from vram_ml.model.learned.training_set import TrainingSet
@@ -52,6 +52,7 @@ def train(
 
     Example: vram-ml train --data datasets/samples.csv --output /tmp/model
     """
+    from vram_ml.model.learned.estimator import BUNDLED_DIR
     from vram_ml.model.learned.train import TrainingError, TrainParams
     from vram_ml.model.learned.train import train as train_model
 
@@ -62,13 +63,14 @@ def train(
         else None
     )
     try:
-        result = train_model(
-            training_set,
-            output,
-            TrainParams(n_estimators=n_estimators, max_depth=max_depth),
-            uri,
-            sources,
-        )
+        with fail_to_write(output or BUNDLED_DIR, "output", folder=True):
+            result = train_model(
+                training_set,
+                output,
+                TrainParams(n_estimators=n_estimators, max_depth=max_depth),
+                uri,
+                sources,
+            )
     except (TrainingError, ValueError) as error:
         raise fail(str(error)) from None
     payload = {
@@ -115,11 +117,12 @@ def evaluate(
     from vram_ml.model.learned.evaluation_plots import log_evaluation, write_outputs
 
     training_set, _ = _load(data, experiment, synthetic)
-    try:
-        evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
-    except ValueError as error:
-        raise fail(str(error)) from None
-    paths = write_outputs(evaluation, output)
+    with fail_to_write(output, "output", folder=True):
+        try:
+            evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
+        except ValueError as error:
+            raise fail(str(error)) from None
+        paths = write_outputs(evaluation, output)
     run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
     if as_json:
         print_json({**evaluation.report, "files": [str(p) for p in paths], "mlflow_run_id": run_id})

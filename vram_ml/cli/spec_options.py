@@ -6,10 +6,12 @@ a ready `SpecInput`, so each command states only its own options.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,6 +54,24 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else "failed"
     print(f"error: {first_line}", file=sys.stderr)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def fail_to_write(path: Path, what: str = "output", folder: bool = False) -> Iterator[None]:
+    """Check that `path` (a file, or a folder) can be written before the work, and turn an
+    OSError while writing into one line: `error: output: cannot write PATH (why)`, exit 1."""
+    from vram_ml.output_paths import OutputPathError, writable_dir, writable_file
+
+    try:
+        (writable_dir if folder else writable_file)(path, what)
+    except OutputPathError as error:
+        raise fail(str(error), code=1) from None
+    try:
+        yield
+    except OSError as error:
+        where = error.filename or path
+        raise fail(f"{what}: cannot write {where} ({error.strerror or type(error).__name__})",
+                   code=1) from None
 
 
 # name -> (annotation, Spec field). Typer reads these; None means "not given".

@@ -183,6 +183,20 @@ def test_evaluate_writes_report_and_plots(tmp_path):
     assert (tmp_path / "error_by_family.png").is_file()
 
 
+@pytest.mark.parametrize("command", [
+    ["train", "--synthetic", "40", "--no-mlflow", "--n-estimators", "2"],
+    ["evaluate", "--synthetic", "40", "--estimators", "analytical", "--splits", "random"],
+])
+def test_unwritable_output_folders_fail_in_one_line(tmp_path, command):
+    (tmp_path / "a_file").write_text("not a folder")
+    for output in ("/proc/vram-ml-test", str(tmp_path / "a_file" / "model"),
+                   str(tmp_path / "a_file")):
+        result = runner.invoke(app, [*command, "--output", output])
+        assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
+        assert len(lines) == 1 and lines[0].startswith("error: output: "), result.stderr
+
+
 def test_predict_and_fit_import_no_heavy_library(artifact_dir):
     code = (
         "import sys\n"
