@@ -62,6 +62,7 @@ def train(
         if mlflow
         else None
     )
+    _check_tracking(uri)
     try:
         with fail_to_write(output or BUNDLED_DIR, "output", folder=True):
             result = train_model(
@@ -117,19 +118,32 @@ def evaluate(
     from vram_ml.model.learned.evaluation_plots import log_evaluation, write_outputs
 
     training_set, _ = _load(data, experiment, synthetic)
+    _check_tracking(tracking_uri)
     with fail_to_write(output, "output", folder=True):
         try:
             evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
         except ValueError as error:
             raise fail(str(error)) from None
         paths = write_outputs(evaluation, output)
-    run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
+    try:
+        run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
+    except ValueError as error:  # MLflow failed while logging (one line)
+        raise fail(str(error), code=1) from None
     if as_json:
         print_json({**evaluation.report, "files": [str(p) for p in paths], "mlflow_run_id": run_id})
         return
     from vram_ml.cli.learned_display import print_evaluation
 
     print_evaluation(evaluation.report, paths, run_id)
+
+
+def _check_tracking(uri: str | None) -> None:
+    """An MLflow server that will be logged to must answer before the work starts."""
+    from vram_ml.tracking_uri import unreachable_reason
+
+    unreachable = unreachable_reason(uri) if uri else ""
+    if unreachable:
+        raise fail(f"MLflow at {uri}: {unreachable}", code=1)
 
 
 def _names(text: str) -> tuple[str, ...]:
