@@ -52,12 +52,26 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
         "int", "bytes", "max allocated while building model, batch, optimizer",
     ),
     "setup_peak_reserved_bytes": ("int", "bytes", "max reserved during set-up"),
-    "cuda_context_bytes": ("int", "bytes", "NVML process memory with a context and no tensor"),
+    "cuda_context_bytes": (
+        "int", "bytes", "NVML process memory outside the caching allocator and managed memory, "
+        "after the first (warm-up) step: context, lazily loaded kernels, cuBLAS/cuDNN handles "
+        "(an oom before step 2: the cold context)",
+    ),
+    "cold_context_bytes": (
+        "int", "bytes", "the same read with a context and no tensor, before any kernel ran",
+    ),
+    "paged_bytes": (
+        "int", "bytes", "optimizer states bitsandbytes put in CUDA managed memory (paged "
+        "optimizers: tensors of >= 1e5 elements; smaller ones are in peak_reserved_bytes)",
+    ),
     "nvml_peak_bytes": (
-        "int", "bytes", "process peak NVML showed during the steps (sampled every 5 ms)",
+        "int", "bytes", "process peak NVML showed during the steps (sampled every 5 ms): "
+        "the device's used memory minus its baseline, or NVML's per-process figure, which "
+        "leaves managed memory (paged_bytes) out",
     ),
     "peak_vram_bytes": (
-        "int", "bytes", "THE TARGET: cuda_context_bytes + peak_reserved_bytes (oom: lower bound)",
+        "int", "bytes", "THE TARGET: cuda_context_bytes + peak_reserved_bytes + paged_bytes "
+        "(oom: lower bound)",
     ),
     "step_seconds": ("float", "s", "mean seconds per optimizer step (after the first)"),
     "steps": ("int", "", "optimizer steps run"),
@@ -79,14 +93,28 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
 INTRO = """# vram-ml samples — data card
 
 One row = one **sample**: a fine-tuning configuration (**spec**) micro-trained for a few optimizer
-steps on one device, what it **measured**, and its **provenance**. Target: `peak_vram_bytes` =
-`cuda_context_bytes + peak_reserved_bytes`, the memory `nvidia-smi` shows at the peak.
+steps on one device, what it **measured**, and its **provenance**.
+
+**The target**, `peak_vram_bytes` = `cuda_context_bytes + peak_reserved_bytes + paged_bytes`: the
+device memory the process holds at its peak, as the GPU's used memory (`nvidia-smi`'s
+Memory-Usage) shows it. One definition (`vram_ml.sample.peak_vram`), used by the agent's
+measurement, the dataset checks and the analytical estimator:
+- `cuda_context_bytes`: memory outside PyTorch's caching allocator, read with NVML after the first
+  (warm-up) step, so lazily loaded kernels and cuBLAS / cuDNN handles count; `cold_context_bytes`
+  is the same before any kernel ran (the difference is what a context read at start misses).
+- `peak_reserved_bytes`: `torch.cuda.max_memory_reserved()` over the steps.
+- `paged_bytes`: a bitsandbytes paged optimizer's states in CUDA managed memory (tensors of at
+  least 1e5 elements; smaller tensors' states are in the caching allocator, so in
+  `peak_reserved_bytes`), counted whole: on a card without memory pressure they live on the
+  device. The agent plans paged specs only below half the card's memory.
+- The agent measures on one dedicated card, larger than the specs need: the caching allocator
+  never ran under memory pressure (a smaller card may free cache before it fails).
 
 - How a sample is made: `vram-ml agent run` builds the model from its config with random weights
   (no download) directly on the GPU, applies the spec (bitsandbytes QLoRA, peft LoRA, precision,
   checkpointing, attention, optimizer), runs N optimizer steps on synthetic batches of exactly
   batch x seq tokens, in a fresh child process per spec (agent/measure.py around the recipe,
-  model/recipe/).
+  model/recipe/). `nvml_peak_bytes` is NVML's own view, a check on the target.
 - Only `backend=cuda` rows are training data; `cpu` rows are the agent's tests and are exported
   only with `--include-backend cpu`.
 - `oom` rows keep the peaks seen before the out-of-memory error: lower bounds, not peaks.

@@ -168,18 +168,32 @@ def read_llamafactory_yaml(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"config: no such file {str(path)!r}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"config: cannot read {str(path)!r} ({type(error).__name__})") from None
+    return spec_from_llamafactory(parse_llamafactory_text(text, repr(str(path))), overrides,
+                                  allow_unknown)
+
+
+def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]:
+    """The mapping a LLaMA-Factory YAML holds (yaml.safe_load); `name` says which in errors.
+
+    Raises:
+        SpecError: not valid YAML, or not a mapping (one line).
+    """
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         line = getattr(getattr(error, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise SpecError(f"config: {str(path)!r} is not valid YAML{where}") from None
+        raise SpecError(f"config: {name} is not valid YAML{where}") from None
+    except RecursionError:
+        raise SpecError(f"config: {name} is nested too deeply") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"config: {str(path)!r} must be a mapping of LLaMA-Factory keys")
-    return spec_from_llamafactory(raw, overrides, allow_unknown)
+        raise SpecError(f"config: {name} must be a mapping of LLaMA-Factory keys")
+    return raw
 
 
 def spec_from_llamafactory(

@@ -4,6 +4,19 @@ This module is the schema both halves share: the agent writes samples, the learn
 them (and `model` never imports `agent`). One flat row per sample: spec fields, measurement
 fields, provenance fields; bytes are integers. `row_to_sample` validates a row and raises
 `SampleError` (one line) for a corrupt one.
+
+The target, `peak_vram_bytes` (`peak_vram()`, the one definition the measurement, the dataset
+checks and the analytical estimator use): what the GPU holds for the process at its peak, as the
+device's used memory (nvidia-smi's Memory-Usage) shows it =
+  `cuda_context_bytes`   memory outside PyTorch's caching allocator and outside managed memory,
+                         read after a warm-up step: the context, lazily loaded kernels, cuBLAS /
+                         cuDNN handles (`cold_context_bytes`: the same before any kernel ran)
++ `peak_reserved_bytes`  the caching allocator's peak (bitsandbytes keeps optimizer states of
+                         tensors under 1e5 elements here, paged optimizer or not)
++ `paged_bytes`          optimizer states bitsandbytes put in CUDA managed memory (paged
+                         optimizers, tensors of at least 1e5 elements), counted whole: on a card
+                         without memory pressure they live on the device (bitsandbytes prefetches
+                         them before each update); NVML's per-process figure leaves them out.
 """
 
 from __future__ import annotations
@@ -35,9 +48,11 @@ class Measurement:
     peak_reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved over the steps
     setup_peak_allocated_bytes: int | None = None  # model build + peft, before the steps
     setup_peak_reserved_bytes: int | None = None
-    cuda_context_bytes: int | None = None  # NVML process memory before any tensor exists
+    cuda_context_bytes: int | None = None  # outside the allocator, after a warm-up step
+    cold_context_bytes: int | None = None  # the same with a context and no kernel run yet
+    paged_bytes: int | None = None  # optimizer states in CUDA managed memory (paged optimizers)
     nvml_peak_bytes: int | None = None  # NVML process peak sampled during the steps
-    peak_vram_bytes: int | None = None  # the target: cuda_context_bytes + peak_reserved_bytes
+    peak_vram_bytes: int | None = None  # the target: peak_vram(context, reserved, paged)
     step_seconds: float | None = None
     steps: int | None = None
 
@@ -46,6 +61,11 @@ class Measurement:
             raise SampleError(f"status: {self.status!r} is not one of {', '.join(STATUSES)}")
         if self.status == "ok" and self.peak_vram_bytes is None:
             raise SampleError("peak_vram_bytes: an ok sample needs its peak")
+
+
+def peak_vram(cuda_context_bytes: int, peak_reserved_bytes: int, paged_bytes: int | None) -> int:
+    """The target (see the module docstring): context + reserved peak + paged states."""
+    return cuda_context_bytes + peak_reserved_bytes + (paged_bytes or 0)
 
 
 @dataclass

@@ -26,10 +26,12 @@ micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. The pea
 the tensor peak (`peak_tensor_bytes`, what simulate's live-tensor tracker counts); the allocated
 peak (`peak_allocated_bytes`, what `torch.cuda.max_memory_allocated` reports) adds the cuBLAS
 workspace; peak_reserved = peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram =
-CUDA_CONTEXT_BYTES + peak_reserved
-+ paged optimizer states (CUDA managed memory, outside PyTorch's allocator). The breakdown is the
-peak moment's composition (it adds up to peak_vram_bytes); `analytical_terms` gives every term at
-its own size and each moment's total, for the learned model's features.
+sample.peak_vram(CUDA_CONTEXT_BYTES, peak_reserved, paged optimizer states), the measured target's
+definition (vram_ml/sample.py): a paged optimizer's states of tensors of at least 1e5 elements are
+in CUDA managed memory, outside PyTorch's allocator, the rest in it
+(model_states.paged_state_bytes). The breakdown is the peak moment's composition (it adds up to
+peak_vram_bytes); `analytical_terms` gives every term at its own size and each moment's total, for
+the learned model's features.
 """
 
 from __future__ import annotations
@@ -41,14 +43,16 @@ from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
 from vram_ml.model.formulas import vision
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, model_states
+from vram_ml.sample import peak_vram
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
 
 MIB = 1024**2
-# Assumption: a torch CUDA context on an H100 with lazy module loading (NVML shows it, no tensor
-# holds it); the agent measures it per device and GPU samples should replace this number.
+# Assumption: a torch CUDA context on an H100 with lazy module loading, after a warm-up step
+# (kernels loaded, cuBLAS / cuDNN handles: NVML shows it, no tensor holds it), as the target's
+# cuda_context_bytes; the agent measures it per device and GPU samples should replace this number.
 CUDA_CONTEXT_BYTES = 500 * MIB
 # Assumption: the caching allocator reserves this fraction above the allocated peak (block
 # rounding, segments split by transient tensors); to be fitted on GPU samples.
@@ -215,7 +219,7 @@ def analyse(spec: Spec) -> Analysis:
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
         moments=moments, peak_moment=peak_moment, peak_tensor_bytes=tensors,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
-        peak_vram_bytes=CUDA_CONTEXT_BYTES + reserved + states.paged_optimizer,
+        peak_vram_bytes=peak_vram(CUDA_CONTEXT_BYTES, reserved, states.paged_optimizer),
         notes=tuple(notes),
     )
 
@@ -235,7 +239,8 @@ def _notes(spec: Spec, shape: ModelShape) -> list[str]:
         if shape.vision.kind == "mllama":
             notes.append("mllama: cross-attention over image states not modelled")
     if spec.optimizer.startswith("paged_"):
-        notes.append("paged optimizer states: CUDA managed memory, outside PyTorch's allocator")
+        notes.append("paged optimizer states: CUDA managed memory, outside PyTorch's allocator "
+                     "(tensors of at least 1e5 elements; smaller ones in it)")
     return notes
 
 

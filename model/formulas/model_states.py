@@ -34,6 +34,9 @@ NF4_CODE_BYTES = 16 * 4  # the 16-value fp32 code each QuantState keeps
 # min_8bit_size = 4096 elements, fp32 states below that.
 BNB_8BIT_MIN_SIZE = 4096
 BNB_8BIT_BLOCKSIZE = 256
+# Paged optimizers (Optimizer8bit.get_state_buffer): only the states of tensors of at least 1e5
+# elements go to CUDA managed memory; smaller ones, and 8-bit absmax, stay in PyTorch's allocator.
+BNB_PAGED_MIN_SIZE = 100_000
 # LLaMA-Factory examples/deepspeed/ds_z{0,2}_config.json: reduce_bucket_size 5e8 elements;
 # ds_z3_config.json: stage3_max_live_parameters 1e9, prefetch bucket "auto" = 0.9 x hidden^2.
 ZERO_BUCKET_ELEMENTS = 500_000_000
@@ -163,6 +166,16 @@ def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple
     return states, temporaries
 
 
+def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
+    """The part of a bitsandbytes paged optimizer's states in CUDA managed memory: the uint8
+    (8-bit) or fp32 (32-bit) states of tensors of at least BNB_PAGED_MIN_SIZE elements, the rest
+    of `optimizer_bytes` being in the caching allocator (vram_ml/sample.py: the target counts
+    the two separately, the measurement reads them separately)."""
+    per_element = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    return sum(per_element * rows * max(cols, 1) * count for rows, cols, count in tensors
+               if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
+
+
 # --- model states: weights, gradients, optimizer (ZeRO sharding) ------------------------------
 
 
@@ -179,8 +192,8 @@ class ModelStates:
     gradient_buffers: int  # DDP buckets / ZeRO reduce bucket
     head_gradients: int  # made at lm_head backward (full fine-tuning)
     layer_gradients: int  # one decoder layer's
-    optimizer: int  # in PyTorch's allocator
-    paged_optimizer: int  # bitsandbytes paged states (CUDA managed memory)
+    optimizer: int  # in PyTorch's allocator (a paged optimizer's small tensors' states too)
+    paged_optimizer: int  # bitsandbytes paged states in CUDA managed memory
     optimizer_temporaries: int
     tied_gradient: int  # a tied embedding's input-side gradient before it is added in
     dequantized: int  # one quantized weight dequantized (QLoRA forward/backward)
@@ -206,6 +219,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     params = base_params + adapter_params
     state_bytes = 4 if dt.master else dt.trainable
     states, temporaries = optimizer_bytes(spec.optimizer, trainable, state_bytes)
+    paged = paged_state_bytes(spec.optimizer, trainable)
     states += params * dt.master
     temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
     shard_w, shard_g, shard_o = (gpus if stage >= level else 1 for level in (3, 2, 1))
@@ -222,7 +236,6 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     one_layer = (shape.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
-    paged = spec.optimizer.startswith("paged_")
     gathered = stage == 3
     return ModelStates(
         weights=weights // shard_w,
@@ -235,8 +248,8 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
         head_gradients=(head + shape.final_norm_params) * dt.trainable // shard_g
         if spec.method == "full" else 0,
         layer_gradients=one_layer * dt.trainable // shard_g,
-        optimizer=0 if paged else states // shard_o,
-        paged_optimizer=states // shard_o if paged else 0,
+        optimizer=(states - paged) // shard_o,
+        paged_optimizer=paged // shard_o,
         optimizer_temporaries=temporaries // shard_o,
         tied_gradient=shape.embedding_params * dt.trainable // shard_g
         if spec.method == "full" and not shape.lm_head_params else 0,

@@ -2,7 +2,9 @@
 
 An artifact is a folder: `metadata.json` (feature names, data hash, metrics, how each target is
 built) and one XGBoost JSON model per target: `peak` (point), `upper` (q0.95 bound), `allocated`
-and `reserved`. Every target is `analytical peak * exp(trees(features) + margin)`.
+and `reserved` (targets.py). Every target is `analytical figure * exp(trees(features) + margin)`,
+its analytical figure being the peak for peak and upper, the allocated and reserved peaks for
+the other two.
 
 Which artifact: the `artifact_dir` argument, else `$VRAM_ML_LEARNED_MODEL`, else the one bundled
 in the package (`model/bundled/`). With none, the answer is the analytical estimator's, and the
@@ -20,7 +22,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,8 @@ import numpy as np
 
 from vram_ml.model.estimate import Estimate, gib
 from vram_ml.model.learned.features import FEATURE_NAMES, analytical_estimates, feature_matrix
+from vram_ml.model.learned.targets import TARGETS
+from vram_ml.model.learned.trained_range import outside_note
 from vram_ml.model.learned.tree_eval import TreeEnsemble
 
 if TYPE_CHECKING:
@@ -35,10 +39,9 @@ if TYPE_CHECKING:
 
     from vram_ml.spec import Spec
 
-ARTIFACT_FORMAT = "vram-ml-learned/1"
+ARTIFACT_FORMAT = "vram-ml-learned/2"  # 2: each target over its own analytical base
 BUNDLED_DIR = Path(__file__).parents[1] / "bundled"
 ENV_ARTIFACT = "VRAM_ML_LEARNED_MODEL"
-TARGETS = ("peak", "upper", "allocated", "reserved")
 LEARNED_UPPER_BASIS = "q0.95 of the learned model (quantile trees + conformal margin)"
 FALLBACK_NOTE = (
     "no learned model is bundled yet (it is trained only on real GPU measurements): "
@@ -92,7 +95,7 @@ class LearnedArtifact:
 
     def predict_log(self, target: str, matrix: np.ndarray) -> np.ndarray:
         """Natural log of the predicted bytes for one target."""
-        base = matrix[:, FEATURE_NAMES.index(self.metadata["base_feature"])]
+        base = matrix[:, FEATURE_NAMES.index(self.metadata["targets"][target]["base_feature"])]
         return (
             base
             + self.ensembles[target].predict(matrix)
@@ -101,10 +104,12 @@ class LearnedArtifact:
 
     @property
     def summary(self) -> str:
+        """`learned (N published + M cuda samples)`, the data hash and the training date."""
         data = self.metadata["data"]
+        counts = " + ".join(f"{n} {backend}" for backend, n in sorted(data["backends"].items()))
         return (
-            f"learned model: {data['samples']} {'/'.join(data['backends'])} samples, "
-            f"data {data['hash']}, trained {self.metadata['trained_at'][:10]}"
+            f"learned ({counts} samples), data {data['hash']}, "
+            f"trained {self.metadata['trained_at'][:10]}"
         )
 
 
@@ -118,6 +123,19 @@ class BatchPrediction:
     peak_allocated_bytes: np.ndarray | None
     peak_reserved_bytes: np.ndarray | None
     analytical: list[Estimate]
+
+
+def load_artifact(directory: Path) -> LearnedArtifact:
+    """`LearnedArtifact.load`, once per folder and version of its files: a sweep, the Python API
+    or the web server builds an estimator per spec, and reading the trees takes ~0.1 s."""
+    stamp = tuple(sorted((path.name, path.stat().st_mtime_ns, path.stat().st_size)
+                         for path in directory.iterdir() if path.is_file()))
+    return _load_artifact(str(directory.resolve()), stamp)
+
+
+@lru_cache(maxsize=8)
+def _load_artifact(directory: str, stamp: tuple) -> LearnedArtifact:
+    return LearnedArtifact.load(Path(directory))
 
 
 def find_artifact_dir(artifact_dir: str | Path | None = None) -> Path | None:
@@ -141,7 +159,7 @@ class LearnedEstimator:
     @cached_property
     def artifact(self) -> LearnedArtifact | None:
         directory = find_artifact_dir(self.artifact_dir)
-        return None if directory is None else LearnedArtifact.load(directory)
+        return None if directory is None else load_artifact(directory)
 
     def estimate(self, spec: Spec) -> Estimate:
         return self.estimate_many([spec])[0]
@@ -152,6 +170,7 @@ class LearnedEstimator:
         if batch.estimator != "learned":
             return [_fallback(estimate) for estimate in batch.analytical]
         notes = [self.artifact.summary, *self.stale_notes]
+        ranges = outside_note(specs, self.artifact.metadata.get("trained_range", {}))
         return [
             _learned_estimate(
                 estimate,
@@ -159,7 +178,7 @@ class LearnedEstimator:
                 upper=_item(batch.upper_vram_bytes, i),
                 allocated=_item(batch.peak_allocated_bytes, i),
                 reserved=_item(batch.peak_reserved_bytes, i),
-                notes=notes,
+                notes=[*notes, *([ranges[i]] if ranges[i] else [])],
             )
             for i, estimate in enumerate(batch.analytical)
         ]

@@ -28,6 +28,7 @@ import numpy as np
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas.parameters import parameter_counts
+from vram_ml.model.learned.targets import BASE_FEATURE as TARGET_BASE_FEATURE
 from vram_ml.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ SPEC_FEATURES = (
 # elements above carry the sizes of the terms that are not at the peak.)
 ANALYTICAL_FEATURES = (
     BASE_FEATURE,
+    "log_analytical_allocated",  # the base of the allocated target (targets.py)
+    "log_analytical_reserved",  # the base of the reserved target
     "analytical_peak_gib",
     "analytical_reserved_fraction",
     "analytical_allocated_fraction",
@@ -102,6 +105,11 @@ ANALYTICAL_FEATURES = (
 )
 FEATURE_NAMES: tuple[str, ...] = (*SHAPE_FEATURES, *SPEC_FEATURES, *ANALYTICAL_FEATURES)
 BASE_COLUMN = FEATURE_NAMES.index(BASE_FEATURE)
+
+
+def base_column(target: str) -> int:
+    """The column of the analytical figure `target`'s residual is learned over (targets.py)."""
+    return FEATURE_NAMES.index(TARGET_BASE_FEATURE[target])
 _GIB = 1024**3
 _shape_rows: dict[tuple, tuple[float, ...]] = {}
 _count_rows: dict[tuple, tuple[int, int, int]] = {}
@@ -209,6 +217,8 @@ def analytical_row(estimate: Estimate) -> tuple[float, ...]:
     peak = max(estimate.peak_vram_bytes, 1)
     return (
         math.log(peak),
+        math.log(max(estimate.peak_allocated_bytes or peak, 1)),
+        math.log(max(estimate.peak_reserved_bytes or peak, 1)),
         peak / _GIB,
         (estimate.peak_reserved_bytes or 0) / peak,
         (estimate.peak_allocated_bytes or 0) / peak,

@@ -9,7 +9,7 @@ large one unchanged.
 Two regressors make one answer: a point estimate (squared error on the log ratio) and an upper
 bound (`reg:quantileerror`, q0.95), widened by a conformal margin learned from out-of-fold
 residuals so that the bound holds on samples the trees have not seen. OOM samples are lower bounds
-(the peak exceeded the card): they take part in that margin, never in the point fit.
+(the peak exceeded the card): they can only widen that margin, and never enter the point fit.
 
 scikit-learn's contract: `__init__` only stores hyperparameters, `fit` returns self, learned
 attributes end in `_`.
@@ -106,6 +106,7 @@ class ResidualXGBRegressor(RegressorMixin, BaseEstimator):
             X[measured], np.log(y[measured]) - X[measured, self.base_column]
         )
         self.margin_ = 0.0
+        self.censored_misses_ = 0
         if self.quantile is not None and self.calibration_folds >= 2:
             self.margin_ = self._conformal_margin(X, y, bound)
         return self
@@ -141,20 +142,39 @@ class ResidualXGBRegressor(RegressorMixin, BaseEstimator):
 
     def _conformal_margin(self, X: np.ndarray, y: np.ndarray, bound: np.ndarray) -> float:
         """The smallest non-negative log margin that lifts the out-of-fold bound above a
-        `quantile` share of the samples (split-conformal, finite-sample corrected)."""
-        folds = min(self.calibration_folds, int((~bound).sum()))
+        `quantile` share of the samples (split-conformal, finite-sample corrected).
+
+        Measured rows are scored out of fold (folds over measured rows only, so adding censored
+        rows never changes their scores). A censored row (OOM: `y` is the card, the peak was
+        above it) is scored by the model of all measured rows, which never saw it: below the
+        card the bound missed by an unknown amount, an infinite score; at or above the card
+        whether it covers is unknown, and it is left out. So censored rows can only widen the
+        margin. When misses reach the quantile the margin is the largest finite score and
+        `censored_misses_` says how many misses it could not cover."""
+        measured = np.flatnonzero(~bound)
+        folds = min(self.calibration_folds, measured.size)
+        self.censored_misses_ = 0
         if folds < 2:
             return 0.0
-        scores = np.empty(len(y))
+        scores = np.full(len(y), np.nan)
         inner = clone(self).set_params(calibration_folds=0)
-        for train, test in KFold(folds, shuffle=True, random_state=self.random_state).split(X):
-            if not (~bound[train]).any():
-                scores[test] = 0.0
-                continue
-            fitted = clone(inner).fit(X[train], y[train], bound[train])
-            scores[test] = np.log(y[test]) - fitted.predict_log(X[test])
+        splitter = KFold(folds, shuffle=True, random_state=self.random_state)
+        for train, test in splitter.split(measured):
+            fitted = clone(inner).fit(X[measured[train]], y[measured[train]])
+            rows = measured[test]
+            scores[rows] = np.log(y[rows]) - fitted.predict_log(X[rows])
+        if bound.any():
+            whole = clone(inner).fit(X[measured], y[measured])
+            censored = np.log(y[bound]) - whole.predict_log(X[bound])
+            scores[bound] = np.where(censored > 0, np.inf, np.nan)
+            self.censored_misses_ = int((censored > 0).sum())
+        scores = scores[~np.isnan(scores)]
         level = min(1.0, np.ceil((len(scores) + 1) * self.quantile) / len(scores))
-        return max(0.0, float(np.quantile(scores, level)))
+        margin = float(np.quantile(scores, level, method="higher"))
+        if not np.isfinite(margin):
+            finite = scores[np.isfinite(scores)]
+            margin = float(finite.max()) if finite.size else 0.0
+        return max(0.0, margin)
 
 
 def learned_pipeline(**params: Any) -> Pipeline:

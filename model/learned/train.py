@@ -6,7 +6,8 @@ metadata.json. No pickle anywhere: MLflow gets the XGBoost flavor in JSON format
 folder, and the model is registered.
 
 Synthetic data never reaches the bundled folder: `train` refuses to write a model trained on
-anything but `cuda` samples into the package.
+anything but real measurements (`cuda`, `published`) into the package, and refuses to bundle one
+that does not beat the analytical estimator on held-out sources (evaluation.py `bundle`).
 
 Example:
     training_set, report = load_training_set(["datasets/"])
@@ -25,9 +26,16 @@ from typing import Any
 import numpy as np
 
 from vram_ml.model.learned.estimator import ARTIFACT_FORMAT, BUNDLED_DIR
-from vram_ml.model.learned.features import BASE_FEATURE, FEATURE_NAMES, feature_matrix
+from vram_ml.model.learned.features import (
+    BASE_COLUMN,
+    FEATURE_NAMES,
+    base_column,
+    feature_matrix,
+)
 from vram_ml.model.learned.regressor import ResidualXGBRegressor
-from vram_ml.model.learned.training_set import TrainingSet
+from vram_ml.model.learned.targets import BASE_FEATURE, MEASURED_FIELD, TARGETS
+from vram_ml.model.learned.trained_range import trained_range
+from vram_ml.model.learned.training_set import MEASURED_BACKENDS, TrainingSet
 
 REGISTERED_MODEL = "vram-ml-learned"
 EXPERIMENT = "vram-ml-training"
@@ -75,9 +83,14 @@ class TrainParams:
     quantile: float = 0.95  # the upper bound users plan on
     calibration_folds: int = 5  # out-of-fold folds for the upper bound's conformal margin
     random_state: int = 0
+    min_peaks: int = 30  # fewer measured peaks: refuse to train (no trustworthy bound)
+    # splits evaluated at training time, stored in the artifact; `source` decides the bundle
+    splits: tuple[str, ...] = ("source", "family", "size")
 
-    def regressor(self, quantile: float | None = None) -> ResidualXGBRegressor:
+    def regressor(self, quantile: float | None = None,
+                  base: int = BASE_COLUMN) -> ResidualXGBRegressor:
         return ResidualXGBRegressor(
+            base_column=base,
             quantile=quantile,
             calibration_folds=self.calibration_folds,
             n_estimators=self.n_estimators,
@@ -100,31 +113,31 @@ def fit_targets(
     matrix: np.ndarray,
     data: TrainingSet,
     params: TrainParams,
-    targets: tuple[str, ...] = ("peak", "upper", "allocated", "reserved"),
+    targets: tuple[str, ...] = TARGETS,
 ) -> dict[str, ResidualXGBRegressor]:
-    """One fitted regressor per target. OOM samples enter only the upper bound, as lower bounds.
+    """One fitted regressor per target, each on the rows that measured it and over its own
+    analytical base (targets.py). OOM rows enter only the upper bound, as lower bounds.
 
     Raises:
-        TrainingError: fewer than two measured (ok) samples.
+        TrainingError: fewer than two rows measured the peak.
     """
-    ok = data.ok
-    if ok.sum() < 2:
-        raise TrainingError(f"{int(ok.sum())} measured (status ok) samples: too few to learn from")
+    peak_rows = data.measured("peak")
+    if peak_rows.sum() < 2:
+        raise TrainingError(
+            f"{int(peak_rows.sum())} measured peaks (status ok): too few to learn from")
     models: dict[str, ResidualXGBRegressor] = {}
     for target in targets:
         if target == "upper":
-            rows = ok | data.oom
-            y = np.where(ok, data.peak_vram_bytes, data.device_total_bytes)[rows]
-            models[target] = params.regressor(params.quantile).fit(matrix[rows], y, ~ok[rows])
+            rows = peak_rows | data.oom
+            y = np.where(peak_rows, data.peak_vram_bytes, data.device_total_bytes)[rows]
+            models[target] = params.regressor(params.quantile, base_column("upper")).fit(
+                matrix[rows], y, ~peak_rows[rows])
             continue
-        values = {
-            "peak": data.peak_vram_bytes,
-            "allocated": data.peak_allocated_bytes,
-            "reserved": data.peak_reserved_bytes,
-        }[target]
-        rows = ok & np.isfinite(values) & (values > 0)
+        rows = data.measured(target)
         if rows.sum() >= 2:
-            models[target] = params.regressor().fit(matrix[rows], values[rows])
+            values = getattr(data, MEASURED_FIELD[target])
+            models[target] = params.regressor(None, base_column(target)).fit(
+                matrix[rows], values[rows])
     return models
 
 
@@ -145,32 +158,59 @@ def train(
 
     params = params or TrainParams()
     output_dir = Path(output_dir) if output_dir is not None else BUNDLED_DIR
-    if set(data.backend) != {"cuda"} and output_dir.resolve() == BUNDLED_DIR.resolve():
+    bundling = output_dir.resolve() == BUNDLED_DIR.resolve()
+    if not set(data.backend) <= set(MEASURED_BACKENDS) and bundling:
         raise TrainingError(
-            "only real GPU measurements (backend cuda) may become the bundled "
+            "only real GPU measurements (backends cuda, published) may become the bundled "
             "model; pass --output DIR for anything else"
+        )
+    peaks = int(data.measured("peak").sum())
+    if peaks < params.min_peaks:
+        raise TrainingError(
+            f"{peaks} measured peaks: too few for a learned model (at least {params.min_peaks}; "
+            "a handful of samples gives a bound that looks tight and is not)"
         )
     matrix, analytical = feature_matrix(data.specs)
     models = fit_targets(matrix, data, params)
-    evaluation = evaluate(
-        data,
-        estimators=("analytical", "learned"),
-        splits=("random",),
-        params=params,
-        matrix=matrix,
-        analytical=analytical,
-    )
-    metrics = evaluation.report["splits"]["random"]["estimators"]
-    metadata = artifact_metadata(data, params, metrics, sources)
+    evaluation = evaluate(data, estimators=("analytical", "learned"), splits=params.splits,
+                          params=params, matrix=matrix, analytical=analytical)
+    decision = evaluation.report.get("bundle")
+    if bundling and not (decision and decision["bundle"]):
+        raise TrainingError(
+            "the learned model does not beat the analytical estimator on held-out sources "
+            f"({_decision_text(decision)}): not bundled; `vram-ml evaluate` shows where"
+        )
+    metadata = artifact_metadata(data, params, compact_metrics(evaluation.report), sources)
+    metadata["bundle_decision"] = decision
     write_artifact(output_dir, models, metadata)
     result = TrainResult(output_dir, metadata)
     if data.is_synthetic:
         result.notes.append("trained on SYNTHETIC data: for tests only, never for predictions")
+    if decision and not decision["bundle"]:
+        result.notes.append(f"does not beat the analytical estimator ({_decision_text(decision)})")
     if tracking_uri:
         result.mlflow_run_id, result.registered_version = log_training(
             tracking_uri, output_dir, models["peak"], metadata, params
         )
     return result
+
+
+def compact_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """split -> target -> estimator -> the headline metrics (what the artifact keeps)."""
+    keep = ("n", "median_ape", "p90_ape", "coverage_q95", "oom_caught", "false_oom")
+    return {
+        split: {target: {name: {k: m.get(k) for k in keep if k in m}
+                         for name, m in body["estimators"].items()}
+                for target, body in value["targets"].items() if body["n"]}
+        for split, value in report["splits"].items()
+    }
+
+
+def _decision_text(decision: dict[str, Any] | None) -> str:
+    if not decision or decision["learned_median_ape"] is None:
+        return "no leave-one-source-out comparison: one source only"
+    return (f"leave-one-source-out median APE {decision['learned_median_ape']:.1f}% learned vs "
+            f"{decision['analytical_median_ape']:.1f}% analytical over {decision['pairs']} rows")
 
 
 def artifact_metadata(
@@ -180,11 +220,9 @@ def artifact_metadata(
     from vram_ml.spec import build_spec
 
     probes = analytical_estimates([build_spec(**fields) for fields in PROBE_SPECS])
-    backends, counts = np.unique(data.backend.astype(str), return_counts=True)
     return {
         "format": ARTIFACT_FORMAT,
         "feature_names": list(FEATURE_NAMES),
-        "base_feature": BASE_FEATURE,
         "targets": {},  # filled by write_artifact
         "data": {
             "hash": data.data_hash(),
@@ -192,10 +230,11 @@ def artifact_metadata(
             "ok": int(data.ok.sum()),
             "oom": int(data.oom.sum()),
             "families": sorted(set(data.families.tolist())),
-            "backends": dict(zip(backends.tolist(), counts.tolist(), strict=True)),
-            "sources": sources or [],
+            **data.counts(),
+            "files": sources or [],
         },
-        "metrics": {"random_kfold": metrics},
+        "trained_range": trained_range(data),
+        "metrics": metrics,
         "hyperparameters": asdict(params),
         "analytical_probe": [
             {"spec": fields, "peak_vram_bytes": estimate.peak_vram_bytes}
@@ -217,7 +256,9 @@ def write_artifact(
         model.model_.get_booster().save_model(str(output_dir / f"{target}.json"))
         metadata["targets"][target] = {
             "file": f"{target}.json",
+            "base_feature": BASE_FEATURE[target],
             "margin": model.margin_,
+            "censored_misses": model.censored_misses_,
             "objective": "quantile" if model.quantile is not None else "squared_error",
             "quantile": model.quantile,
         }

@@ -1,12 +1,15 @@
-"""Read samples for training and evaluation: only real GPU measurements (`backend=cuda`).
+"""Read measurements for training and evaluation: only real GPU measurements, ours (`cuda`) and
+other people's (`published`).
 
 Sources: dataset files (CSV, Parquet, JSONL; a folder means every such file in it) in the flat row
-schema of `vram_ml.sample`, or an MLflow tracking store (one run per sample: params = spec,
-metrics = measurement, tags = provenance). Every row is validated by `row_to_sample`; rows from
-another backend are counted and left out, never used: `cpu` and `simulated` samples are not
-measurements of a GPU.
+schema of `vram_ml.sample`, the published table (datasets/published/measurements.csv, recognised
+by its header, read by published_set.py), or an MLflow tracking store (one run per sample:
+params = spec, metrics = measurement, tags = provenance). Every sample row is validated by
+`row_to_sample`; rows from another backend are counted and left out, never used: `cpu` and
+`simulated` samples are not measurements of a GPU.
 
-The result is a `TrainingSet`: specs plus measured arrays. Tests and the notebook build one
+The result is a `TrainingSet`: specs plus measured arrays, NaN where a row did not measure a
+target (a published `allocated` row has no nvidia-smi peak). Tests and the notebook build one
 directly from synthetic data (synthetic.py), which therefore never passes through a file.
 
 Example:
@@ -26,29 +29,38 @@ from typing import Any
 import numpy as np
 
 from vram_ml.dataset_files import DATA_SUFFIXES, read_rows
+from vram_ml.model.learned.targets import MEASURED_FIELD, MEASURED_TARGETS
 from vram_ml.sample import SampleError, row_to_sample
 from vram_ml.spec import Spec
 
 SIMULATE_COLUMN = "simulate_peak_vram_bytes"  # optional: the simulator's answer, precomputed
 DEFAULT_EXPERIMENT = "vram-ml-samples"
+MEASURED_BACKENDS = ("cuda", "published")  # the only backends that are measurements of a GPU
 
 
 @dataclass
 class TrainingSet:
-    """Specs and what was measured for them; NaN where a value is unknown."""
+    """Specs and what was measured for them; NaN where a value was not measured."""
 
     specs: list[Spec]
-    status: np.ndarray  # "ok" | "oom"
-    peak_vram_bytes: np.ndarray  # float; NaN for OOM
+    status: np.ndarray  # "ok" | "oom" (peak above the card) | "fit" (peak at most the card)
+    peak_vram_bytes: np.ndarray  # float; the nvidia-smi peak (targets.py: `peak`)
     peak_allocated_bytes: np.ndarray
     peak_reserved_bytes: np.ndarray
     device_total_bytes: np.ndarray  # the card's memory; an OOM's peak exceeded it
-    backend: np.ndarray  # where the numbers came from: "cuda", or "synthetic" in tests
+    backend: np.ndarray  # where the numbers came from: "cuda", "published", "synthetic" (tests)
     simulate_peak_vram_bytes: np.ndarray = field(default=None)  # type: ignore[assignment]
+    source: np.ndarray = field(default=None)  # type: ignore[assignment]  # "cuda" or a source id
+    unknown_peak_bytes: np.ndarray = field(default=None)  # type: ignore[assignment]  # eval only
 
     def __post_init__(self) -> None:
+        n = len(self.specs)
         if self.simulate_peak_vram_bytes is None:
-            self.simulate_peak_vram_bytes = np.full(len(self.specs), np.nan)
+            self.simulate_peak_vram_bytes = np.full(n, np.nan)
+        if self.source is None:
+            self.source = np.array(self.backend, dtype=object)
+        if self.unknown_peak_bytes is None:
+            self.unknown_peak_bytes = np.full(n, np.nan)
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -62,6 +74,25 @@ class TrainingSet:
         return (self.status == "oom") & np.isfinite(self.device_total_bytes)
 
     @property
+    def fit_label(self) -> np.ndarray:
+        """Rows that only say the run fitted its card (no number published)."""
+        return (self.status == "fit") & np.isfinite(self.device_total_bytes)
+
+    def measured(self, target: str) -> np.ndarray:
+        """Rows that measured `target` (targets.py): ok and a positive number."""
+        values = getattr(self, MEASURED_FIELD[target])
+        return self.ok & np.isfinite(values) & (values > 0)
+
+    @property
+    def spec_ids(self) -> np.ndarray:
+        """The group of each row: samples of one spec are never split across folds."""
+        return np.array([spec.spec_id for spec in self.specs], dtype=object)
+
+    @property
+    def methods(self) -> np.ndarray:
+        return np.array([spec.method for spec in self.specs], dtype=object)
+
+    @property
     def families(self) -> np.ndarray:
         return np.array([spec.resolved_model.family for spec in self.specs])
 
@@ -72,6 +103,18 @@ class TrainingSet:
     @property
     def is_synthetic(self) -> bool:
         return bool(np.any(self.backend == "synthetic"))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per backend and per source, and measured rows per target."""
+        def tally(values: np.ndarray) -> dict[str, int]:
+            names, counts = np.unique(values.astype(str), return_counts=True)
+            return dict(zip(names.tolist(), counts.tolist(), strict=True))
+
+        return {
+            "backends": tally(self.backend),
+            "sources": tally(self.source),
+            "targets": {t: int(self.measured(t).sum()) for t in MEASURED_TARGETS},
+        }
 
     def subset(self, index: Any) -> TrainingSet:
         index = np.asarray(index)
@@ -98,6 +141,8 @@ _ARRAYS = (
     "device_total_bytes",
     "backend",
     "simulate_peak_vram_bytes",
+    "source",
+    "unknown_peak_bytes",
 )
 
 
@@ -112,6 +157,7 @@ class LoadReport:
     skipped_status: Counter = field(default_factory=Counter)
     duplicates: int = 0
     invalid: list[str] = field(default_factory=list)
+    published: Counter = field(default_factory=Counter)  # published rows: kept / left out, why
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,58 +168,92 @@ class LoadReport:
             "skipped_status": dict(self.skipped_status),
             "duplicates": self.duplicates,
             "invalid": self.invalid[:20],
+            "published": dict(self.published),
         }
 
 
 def load_training_set(
     sources: Sequence[str | Path],
     experiment: str = DEFAULT_EXPERIMENT,
-    allow_backends: Iterable[str] = ("cuda",),
+    allow_backends: Iterable[str] = MEASURED_BACKENDS,
 ) -> tuple[TrainingSet, LoadReport]:
-    """Read every source and keep the valid ok/oom samples of the allowed backends.
+    """Read every source and keep the valid measurements of the allowed backends.
 
     Args:
         sources: files, folders, or MLflow tracking URIs (anything with `://`).
         experiment: the MLflow experiment that holds one run per sample.
-        allow_backends: backends to keep; only `cuda` is a measurement of a GPU.
+        allow_backends: backends to keep; `cuda` and `published` are measurements of a GPU.
 
     Raises:
         FileNotFoundError: a source path does not exist.
     """
+    from vram_ml.model.learned.published_set import is_published_table, published_training_set
+
     allowed, report = set(allow_backends), LoadReport()
     seen: set[tuple[str, str]] = set()
     kept: list[tuple[Any, dict[str, Any]]] = []
-    for source, row in _rows(sources, experiment, report):
-        report.rows += 1
-        if isinstance(row, str):  # a line of a file that is not a row (bad JSON, broken CSV)
-            report.invalid.append(f"{source}: {row}")
+    published: list[TrainingSet] = []
+    for source, rows in _row_groups(sources, experiment, report):
+        if is_published_table(rows):
+            report.rows += len(rows)
+            if "published" in allowed:
+                part, counts = published_training_set(rows)
+                published.append(part)
+                report.published.update(counts)
+            else:
+                report.skipped_backend["published"] += len(rows)
             continue
-        backend = str(row.get("backend") or "")
-        if backend not in allowed:
-            report.skipped_backend[backend or "missing"] += 1
-            continue
-        try:
-            sample = row_to_sample(row)
-        except SampleError as error:
-            report.invalid.append(f"{source}: {error}")
-            continue
-        if sample.measurement.status not in ("ok", "oom"):
-            report.skipped_status[sample.measurement.status] += 1
-            continue
-        key = (sample.sample_key, sample.provenance.created_at)
-        if key in seen:
-            report.duplicates += 1
-            continue
-        seen.add(key)
-        kept.append((sample, row))
-    report.kept = len(kept)
-    return _training_set(kept), report
+        for row in rows:
+            report.rows += 1
+            sample = _sample(source, row, allowed, report)
+            if sample is None:
+                continue
+            key = (sample.sample_key, sample.provenance.created_at)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            kept.append((sample, row))
+    data = concatenate([_training_set(kept), *published])
+    report.kept = len(data)
+    return data, report
+
+
+def _sample(source: str, row: dict[str, Any] | str, allowed: set[str],
+            report: LoadReport) -> Any | None:
+    """The row as a Sample to keep, or None (counted in the report: why it was left out)."""
+    if isinstance(row, str):  # a line of a file that is not a row (bad JSON, broken CSV)
+        report.invalid.append(f"{source}: {row}")
+        return None
+    backend = str(row.get("backend") or "")
+    if backend not in allowed:
+        report.skipped_backend[backend or "missing"] += 1
+        return None
+    try:
+        sample = row_to_sample(row)
+    except SampleError as error:
+        report.invalid.append(f"{source}: {error}")
+        return None
+    if sample.measurement.status not in ("ok", "oom"):
+        report.skipped_status[sample.measurement.status] += 1
+        return None
+    return sample
+
+
+def concatenate(parts: Sequence[TrainingSet]) -> TrainingSet:
+    """One TrainingSet of the rows of every part, in order."""
+    parts = [part for part in parts if len(part)] or list(parts[:1])
+    return TrainingSet(
+        specs=[spec for part in parts for spec in part.specs],
+        **{name: np.concatenate([getattr(part, name) for part in parts]) for name in _ARRAYS},
+    )
 
 
 def _training_set(kept: list[tuple[Any, dict[str, Any]]]) -> TrainingSet:
     def column(get: Any) -> np.ndarray:
         return np.array([_float(get(sample, row)) for sample, row in kept], dtype=float)
 
+    backend = np.array([sample.provenance.backend for sample, _ in kept], dtype=object)
     return TrainingSet(
         specs=[sample.spec for sample, _ in kept],
         status=np.array([sample.measurement.status for sample, _ in kept], dtype="<U3"),
@@ -181,19 +261,21 @@ def _training_set(kept: list[tuple[Any, dict[str, Any]]]) -> TrainingSet:
         peak_allocated_bytes=column(lambda s, r: s.measurement.peak_allocated_bytes),
         peak_reserved_bytes=column(lambda s, r: s.measurement.peak_reserved_bytes),
         device_total_bytes=column(lambda s, r: s.provenance.device_total_bytes),
-        backend=np.array([sample.provenance.backend for sample, _ in kept], dtype=object),
+        backend=backend,
         simulate_peak_vram_bytes=column(lambda s, r: r.get(SIMULATE_COLUMN)),
+        source=backend.copy(),  # our own samples: the source is the backend (`cuda`)
     )
 
 
-def _rows(
+def _row_groups(
     sources: Sequence[str | Path], experiment: str, report: LoadReport
-) -> Iterator[tuple[str, dict[str, Any]]]:
+) -> Iterator[tuple[str, list[dict[str, Any] | str]]]:
+    """(source, its rows) for every file (each file is one group) and MLflow store."""
     for source in sources:
         text = str(source)
         if "://" in text:
             report.sources.append(f"{text} (experiment {experiment})")
-            yield from ((text, row) for row in mlflow_rows(text, experiment))
+            yield text, list(mlflow_rows(text, experiment))
             continue
         path = Path(text)
         if not path.exists():
@@ -205,7 +287,7 @@ def _rows(
         )
         for file in files:
             report.sources.append(str(file))
-            yield from ((str(file), row) for row in file_rows(file))
+            yield str(file), file_rows(file)
 
 
 def file_rows(path: Path) -> list[dict[str, Any] | str]:

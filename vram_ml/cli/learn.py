@@ -45,10 +45,13 @@ def train(
     ] = "vram-ml-samples",
     n_estimators: Annotated[int, typer.Option(help="Trees per target.", min=1)] = 200,
     max_depth: Annotated[int, typer.Option(help="Tree depth.", min=1, max=12)] = 4,
+    min_peaks: Annotated[int, typer.Option(
+        help="Refuse to train on fewer measured peaks.", min=2)] = 30,
     synthetic: SyntheticOption = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Train the learned model on real GPU samples (backend cuda) and write its artifact.
+    """Train the learned model on real GPU measurements (backends cuda and published) and write
+    its artifact; into the package only if it beats the analytical estimator on held-out sources.
 
     Example: vram-ml train --data datasets/samples.csv --output /tmp/model
     """
@@ -68,7 +71,7 @@ def train(
             result = train_model(
                 training_set,
                 output,
-                TrainParams(n_estimators=n_estimators, max_depth=max_depth),
+                TrainParams(n_estimators=n_estimators, max_depth=max_depth, min_peaks=min_peaks),
                 uri,
                 sources,
             )
@@ -81,6 +84,7 @@ def train(
         "notes": result.notes,
         "data": result.metadata["data"],
         "metrics": result.metadata["metrics"],
+        "bundle_decision": result.metadata.get("bundle_decision"),
     }
     if as_json:
         print_json(payload)
@@ -96,8 +100,8 @@ def evaluate(
         str, typer.Option(help="Comma-separated: seed-formula, analytical, simulate, learned.")
     ] = "seed-formula,analytical,learned",
     splits: Annotated[
-        str, typer.Option(help="Comma-separated: random, family, size.")
-    ] = "random,family,size",
+        str, typer.Option(help="Comma-separated: source, family, size, random.")
+    ] = "source,family,size,random",
     output: Annotated[Path, typer.Option(help="Folder for report.json and the PNG plots.")] = Path(
         "evaluation"
     ),
@@ -110,7 +114,8 @@ def evaluate(
     synthetic: SyntheticOption = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Compare every estimator on measured samples: random, per-family and size splits.
+    """Compare every estimator on measured samples, held out by source, family, size and at
+    random (grouped by spec), per target (nvidia-smi peak, allocated, reserved).
 
     Example: vram-ml evaluate --data datasets/samples.csv --output evaluation/ --tracking-uri sqlite:///mlflow.db
     """
@@ -153,7 +158,8 @@ def _names(text: str) -> tuple[str, ...]:
 def _load(
     data: list[str] | None, experiment: str, synthetic: int
 ) -> tuple["TrainingSet", list[str]]:
-    """The training set: real cuda samples from `data`, or (tests only) synthetic ones."""
+    """The training set: real measurements (cuda, published) from `data`, or (tests only)
+    synthetic ones."""
     if synthetic:
         from vram_ml.model.learned.synthetic import SYNTHETIC_BANNER, synthetic_training_set
 
@@ -166,12 +172,12 @@ def _load(
         training_set, report = load_training_set(sources, experiment)
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise fail(str(error)) from None
-    if not training_set.ok.any():
+    if not training_set.measured("peak").any():
         others = ", ".join(f"{k} {v}" for k, v in report.skipped_backend.items()) or "none"
         raise fail(
-            f"data: no measured backend=cuda samples in {', '.join(map(str, sources))} "
-            f"({report.rows} rows; other backends: {others}); the learned model learns "
-            "only from real GPU measurements"
+            f"data: no measured peak (backend cuda or published) in "
+            f"{', '.join(map(str, sources))} ({report.rows} rows; other backends: {others}); "
+            "the learned model learns only from real GPU measurements"
         )
     return training_set, report.sources
 

@@ -125,9 +125,10 @@ def print_training(payload: dict[str, Any], tracking_uri: str | None) -> None:
     for note in payload["notes"]:
         console.print(f"[bold red]{note}[/]")
     data = payload["data"]
+    backends = ", ".join(f"{n} {name}" for name, n in sorted(data["backends"].items()))
     console.print(
-        f"Trained on {data['samples']} samples ({data['ok']} measured, {data['oom']} OOM "
-        f"lower bounds, {len(data['families'])} families), data hash {data['hash']}"
+        f"Trained on {data['samples']} rows ({backends}; {data['ok']} measured, {data['oom']} "
+        f"OOM lower bounds, {len(data['families'])} families), data hash {data['hash']}"
     )
     console.print(f"Artifact: {payload['output_dir']}")
     if payload["mlflow_run_id"]:
@@ -135,27 +136,31 @@ def print_training(payload: dict[str, Any], tracking_uri: str | None) -> None:
             f"MLflow: run {payload['mlflow_run_id']} in {tracking_uri}, registered version "
             f"{payload['registered_version']}"
         )
-    console.print(metrics_table(payload["metrics"]["random_kfold"], "random 5-fold errors"))
+    for split, targets in payload["metrics"].items():
+        for target, estimators in targets.items():
+            console.print(metrics_table(estimators, f"held out by {split}: {target}"))
+    decision = payload.get("bundle_decision")
+    if decision:
+        verdict = "bundle" if decision["bundle"] else "do not bundle"
+        console.print(f"Leave-one-source-out: {verdict} ({decision['pairs']} rows)")
     console.print(f"[dim]{METRIC_LEGEND}[/]")
 
 
 METRIC_COLUMNS = (
     "estimator",
     "n",
-    "MAPE%",
     "med%",
-    "worst%",
+    "p90%",
+    "MAPE%",
     "bias%",
     "cov95",
-    "over%",
     "OOM✓",
     "OOM✗",
 )
 METRIC_LEGEND = (
-    "MAPE, med, worst: mean, median, worst absolute % error. bias: median signed % "
-    "error. cov95: share of peaks under the upper bound. over: median % the bound asks "
-    "above the peak. OOM✓: OOM runs predicted not to fit their card. OOM✗: runs that "
-    "fit, predicted not to."
+    "med, p90, MAPE: median, 90th percentile, mean absolute % error. bias: median signed % "
+    "error. cov95: share of peaks under the upper bound. OOM✓: OOM runs predicted not to fit "
+    "their card. OOM✗: runs that fit, predicted not to."
 )
 
 
@@ -174,14 +179,13 @@ def metrics_table(estimators: dict[str, dict[str, Any]], title: str) -> Table:
         table.add_row(
             name,
             str(m["n"]),
-            _num(m["mape"]),
-            _num(m["median_ape"]),
-            _num(m["worst_ape"]),
-            _num(m["bias_pct"]),
-            _share(m["coverage_q95"]),
-            _num(m["overshoot_pct"]),
-            _share(m["oom_caught"]),
-            _share(m["false_oom"]),
+            _num(m.get("median_ape")),
+            _num(m.get("p90_ape")),
+            _num(m.get("mape")),
+            _num(m.get("bias_pct")),
+            _share(m.get("coverage_q95")),
+            _share(m.get("oom_caught")),
+            _share(m.get("false_oom")),
         )
     return table
 
@@ -190,14 +194,24 @@ def print_evaluation(report: dict[str, Any], paths: list[Path], run_id: str | No
     data = report["data"]
     if data["synthetic"]:
         console.print("[bold red]SYNTHETIC DATA: these are not GPU measurements[/]")
+    backends = ", ".join(f"{n} {name}" for name, n in sorted(data["backends"].items()))
     console.print(
-        f"{data['samples']} samples ({data['ok']} measured, {data['oom']} OOM), "
+        f"{data['samples']} rows ({backends}; {data['ok']} measured, {data['oom']} OOM), "
         f"{data['families']} families, data hash {data['hash']}"
     )
     for name, body in report["splits"].items():
         folds = body["folds"]
         detail = folds[0]["label"] if len(folds) == 1 else f"{len(folds)} folds"
-        console.print(metrics_table(body["estimators"], f"split: {name} ({detail})"))
+        for target, value in body["targets"].items():
+            if value["n"]:
+                console.print(metrics_table(value["estimators"],
+                                            f"split: {name} ({detail}) — {target}"))
+    decision = report.get("bundle")
+    if decision:
+        console.print(f"Bundle decision (leave-one-source-out median APE): learned "
+                      f"{_num(decision['learned_median_ape'])}% vs analytical "
+                      f"{_num(decision['analytical_median_ape'])}% — "
+                      f"{'bundle' if decision['bundle'] else 'do not bundle'}")
     console.print(f"[dim]{METRIC_LEGEND}[/]")
     for note in report["notes"]:
         console.print(f"[yellow]{note}[/]")

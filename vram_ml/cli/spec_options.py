@@ -12,41 +12,16 @@ import inspect
 import sys
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vram_ml.defaults import EXAMPLE_CONFIG, assumed_defaults
+from vram_ml.defaults import EXAMPLE_CONFIG
 from vram_ml.model_source import ModelSourceError
-from vram_ml.spec import Spec, SpecError
-
-
-@dataclass
-class SpecInput:
-    """A spec and how it was read: what was assumed, ignored, not modelled or unknown."""
-
-    spec: Spec
-    source: str  # flags | config path | example
-    assumed: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-    unmodelled: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    unassessed: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec_id": self.spec.spec_id,
-            "spec": self.spec.model_dump(mode="json"),
-            "source": self.source,
-            "assumed": self.assumed,
-            "ignored": self.ignored,
-            "unmodelled": self.unmodelled,
-            "unknown": self.unknown,
-            "unassessed": self.unassessed,
-        }
+from vram_ml.spec import SpecError
+from vram_ml.spec_input import SpecInput, spec_input_from_fields
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -176,13 +151,23 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
 }
 
 
+def spec_flags() -> dict[str, tuple[str, str]]:
+    """Spec field -> (its CLI flag, its help line): the web form labels its inputs with these."""
+    flags = {}
+    for name, (annotation, spec_field) in _OPTIONS.items():
+        if spec_field:
+            option = typing.get_args(annotation)[1]
+            flags[spec_field] = ("--" + name.replace("_", "-"), option.help or "")
+    return flags
+
+
 def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
     """Turn the shared options into a SpecInput (flags, YAML, or the embedded example).
 
     Raises:
         SpecError: invalid configuration, one line.
     """
-    from vram_ml.llamafactory import IMAGES_ASSUMED, images_assumed_note, read_llamafactory_yaml
+    from vram_ml.llamafactory import read_llamafactory_yaml
 
     fields = {
         spec_field: options[name]
@@ -201,17 +186,8 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
         read = read_llamafactory_yaml(config, fields, allow_unknown)
         source = str(config)
     else:
-        from vram_ml.spec import build_spec
-
-        spec = build_spec(**fields)
-        multimodal = spec.resolved_model.shape.is_multimodal
-        assumed = assumed_defaults(fields, multimodal)
-        if multimodal and "images_per_sample" not in fields:  # as for a YAML: said, not hidden
-            spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
-            assumed["images_per_sample"] = images_assumed_note()
-        return SpecInput(spec, "flags", assumed)
-    return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown,
-                     read.unassessed)
+        return spec_input_from_fields(fields, "flags")
+    return SpecInput.from_read(read, source)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, int | float]:

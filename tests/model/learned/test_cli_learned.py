@@ -152,11 +152,11 @@ def test_train_refuses_to_bundle_synthetic_data():
     assert result.exit_code == 2 and "only real GPU measurements" in result.stderr
 
 
-def test_train_and_evaluate_refuse_data_without_cuda_samples(tmp_path):
+def test_train_and_evaluate_refuse_data_without_measurements(tmp_path):
     for command in ("train", "evaluate"):
         result = runner.invoke(app, [command, "--data", str(tmp_path)])
         assert result.exit_code == 2, result.output
-        assert "no measured backend=cuda samples" in result.stderr
+        assert "no measured peak (backend cuda or published)" in result.stderr
 
 
 def test_evaluate_writes_report_and_plots(tmp_path):
@@ -167,7 +167,7 @@ def test_evaluate_writes_report_and_plots(tmp_path):
             "--synthetic",
             "100",
             "--splits",
-            "random,size",
+            "source,size",
             "--estimators",
             "seed-formula,analytical,learned",
             "--output",
@@ -175,11 +175,12 @@ def test_evaluate_writes_report_and_plots(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    for text in ("SYNTHETIC DATA", "split: random", "split: size", "learned", "MAPE%"):
+    for text in ("SYNTHETIC DATA", "split: source", "split: size", "learned", "p90%",
+                 "Bundle decision"):
         assert text in result.stdout, text
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["splits"]) == {"random", "size"}
-    assert (tmp_path / "predicted_vs_measured_size.png").is_file()
+    assert set(report["splits"]) == {"source", "size"}
+    assert (tmp_path / "predicted_vs_measured_size_peak.png").is_file()
     assert (tmp_path / "error_by_family.png").is_file()
 
 

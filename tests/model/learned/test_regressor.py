@@ -24,7 +24,7 @@ def test_follows_the_scikit_learn_contract(measured):
     assert clone(regressor).get_params() == regressor.get_params()
     assert regressor.fit(matrix, peak) is regressor
     learned = [name for name in vars(regressor) if name.endswith("_")]
-    assert set(learned) == {"n_features_in_", "model_", "margin_"}
+    assert set(learned) == {"n_features_in_", "model_", "margin_", "censored_misses_"}
     assert regressor.predict(matrix).shape == peak.shape
 
 
@@ -46,17 +46,30 @@ def test_learns_the_residual_and_scales_with_the_analytical_base(measured):
     assert seen.min() / 1.1 < factor.min() and factor.max() < seen.max() * 1.1
 
 
-def test_quantile_model_covers_and_lower_bounds_only_widen_it(measured):
+def test_quantile_model_covers(measured):
     matrix, peak = measured
     upper = ResidualXGBRegressor(quantile=0.95, n_estimators=60, calibration_folds=3).fit(
         matrix, peak
     )
     assert np.mean(upper.predict(matrix) >= peak) >= 0.95
-    bound = np.zeros(len(peak), bool)
-    bound[:10] = True  # pretend these OOMed on a card 3x their peak: the bound must rise
-    with_bounds = ResidualXGBRegressor(quantile=0.95, n_estimators=60, calibration_folds=3)
-    with_bounds.fit(matrix, np.where(bound, 3 * peak, peak), bound)
-    assert with_bounds.margin_ >= upper.margin_
+
+
+@pytest.mark.parametrize("card_factor", [0.5, 1.0, 3.0])
+def test_censored_rows_never_tighten_the_bound(measured, card_factor):
+    """OOM rows with y = the card: whether the card is below, at or above the peak the model
+    predicts, adding them can only keep or widen the margin (it used to shrink: an OOM row
+    predicted above its card counted as a negative error)."""
+    matrix, peak = measured
+    params = dict(quantile=0.95, n_estimators=40, calibration_folds=3)
+    alone = ResidualXGBRegressor(**params).fit(matrix, peak)
+    card = card_factor * alone.predict(matrix[:30])  # OOM runs of the first 30 specs
+    X = np.vstack([matrix, matrix[:30]])
+    y = np.concatenate([peak, card])
+    bound = np.concatenate([np.zeros(len(peak), bool), np.ones(30, bool)])
+    with_ooms = ResidualXGBRegressor(**params).fit(X, y, bound)
+    assert with_ooms.margin_ >= alone.margin_
+    if card_factor > 1:  # cards above the bound: the bound missed them all
+        assert with_ooms.censored_misses_ == 30 and with_ooms.margin_ > alone.margin_
 
 
 def test_rejects_bad_targets(measured):

@@ -20,7 +20,9 @@ def test_artifact_is_json_only_and_complete(artifact_dir, synthetic_set):
     assert metadata["data"]["hash"] == synthetic_set.data_hash()
     assert metadata["data"]["backends"] == {"synthetic": len(synthetic_set)}
     assert metadata["targets"]["upper"]["quantile"] == 0.95
-    assert metadata["metrics"]["random_kfold"]["learned"]["mape"] > 0
+    assert metadata["metrics"]["source"]["peak"]["learned"]["median_ape"] > 0
+    assert metadata["targets"]["allocated"]["base_feature"] == "log_analytical_allocated"
+    assert metadata["trained_range"]["total_params"][0] > 0
     assert len(metadata["analytical_probe"]) == 3
 
 
@@ -59,6 +61,27 @@ def test_nothing_to_learn_is_an_error(synthetic_set, tmp_path, fast_params):
         train(synthetic_set.subset(synthetic_set.oom), tmp_path, fast_params)
 
 
+def test_too_few_samples_are_refused_not_trusted(synthetic_set, tmp_path, fast_params):
+    """Nine tiny samples used to train a model whose bound for a 7B model was 0.2% wide."""
+    nine = synthetic_set.subset(np.flatnonzero(synthetic_set.ok)[:9])
+    with pytest.raises(TrainingError, match="9 measured peaks: too few"):
+        train(nine, tmp_path, fast_params)
+
+
+def test_predict_outside_the_trained_range_says_so(synthetic_set, tmp_path, fast_params):
+    small = synthetic_set.subset(synthetic_set.total_params < 4e9)
+    train(small, tmp_path, fast_params)
+    from vram_ml.spec import build_spec
+
+    inside = build_spec(model=small.specs[0].model, model_overrides=small.specs[0].model_overrides)
+    big = build_spec(model="meta-llama/Llama-2-70b-hf", batch_size=1, seq_len=1024)
+    notes = {name: LearnedEstimator(tmp_path).estimate(spec).notes
+             for name, spec in (("inside", inside), ("big", big))}
+    assert any("outside the learned model's training range: total_params 68.98B" in note
+               for note in notes["big"])
+    assert not any("total_params" in note for note in notes["inside"])
+
+
 def test_logs_and_registers_in_mlflow(tmp_path, synthetic_set, fast_params):
     from mlflow.tracking import MlflowClient
 
@@ -68,7 +91,7 @@ def test_logs_and_registers_in_mlflow(tmp_path, synthetic_set, fast_params):
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.data.tags["data_hash"] == small.data_hash()
-    assert "random_kfold/learned/mape" in run.data.metrics
+    assert "source/peak/learned/median_ape" in run.data.metrics
     assert run.data.params["n_estimators"] == str(fast_params.n_estimators)
     assert result.registered_version == "1"
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "artifact")}
