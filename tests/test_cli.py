@@ -166,3 +166,10 @@ def test_read_only_commands_create_no_store_and_print_no_mlflow_lines(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "INFO" not in result.stdout + result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no store, home, mlflow.db
+
+
+def test_version():
+    import vram_ml
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"vram-ml {vram_ml.__version__}"

@@ -73,6 +73,16 @@ def test_every_catalog_model_estimates(hf_id):
         assert AnalyticalEstimator().estimate(spec).peak_vram_bytes > 0
 
 
+def test_the_allocated_peak_is_the_tensor_peak_plus_the_cublas_workspace():
+    from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES, UPPER_BASIS
+
+    analysis = analyse(make_spec())
+    assert analysis.peak_allocated_bytes == analysis.peak_tensor_bytes + CUBLAS_WORKSPACE_BYTES
+    estimate = AnalyticalEstimator().estimate(make_spec())
+    assert estimate.peak_allocated_bytes == analysis.peak_allocated_bytes
+    assert estimate.upper_basis == UPPER_BASIS and UPPER_BASIS.startswith("assumed margin")
+
+
 def test_registry_names_each_estimator_and_refuses_unknown_ones():
     assert type(get_estimator("seed-formula")) is SeedFormulaEstimator
     assert type(get_estimator("analytical")) is AnalyticalEstimator

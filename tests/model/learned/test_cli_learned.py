@@ -50,6 +50,7 @@ def test_predict_json_without_a_model_says_the_analytical_estimator_answered():
     assert JSON_KEYS <= set(payload)
     assert payload["estimator"] == "analytical" and "no learned model" in payload["fallback_reason"]
     assert [card["gpu_memory_gib"] for card in payload["cards"]] == [24, 40, 48, 80]
+    assert payload["upper_basis"].startswith("assumed margin")
     assert set(payload["beside"]) == {"seed-formula"}
 
 
@@ -89,6 +90,8 @@ def test_predict_table_without_a_model_shows_the_fallback_line():
     assert result.exit_code == 0, result.output
     assert "Fallback: no learned model is bundled" in result.stdout
     assert "answered by: analytical" in result.stdout and "24 GiB card" in result.stdout
+    assert "(assumed margin: peak + 15%" in " ".join(result.stdout.split())  # said, not implied
+    assert "GB card" not in result.stdout  # one unit on screen: GiB
 
 
 def test_predict_json_with_a_model(artifact_dir):

@@ -78,6 +78,9 @@ def test_cli_simulate_json():
     payload = json.loads(result.stdout)
     assert payload["estimator"] == "simulate"
     assert payload["peak_tensor_bytes"] > 0
+    # one name for the allocated peak everywhere (Estimate, Measurement, simulate, analytical)
+    assert payload["peak_allocated_bytes"] >= payload["peak_tensor_bytes"]
+    assert not any(key.endswith("_cuda_bytes") for key in payload)
     assert payload["peak_vram_bytes"] == sum(payload["breakdown"].values())
     assert payload["spec_id"] and payload["peak_phase"] in ("forward", "backward", "optimizer")
     assert "measured" not in result.stdout.lower()
