@@ -50,13 +50,14 @@ class Validation:
         self.problems.append(f"row {number}: {one_line(str(text))}")
 
 
-def one_line(text: str) -> str:
-    """`text` with line breaks and other control characters escaped: one printable line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
     def counts(self) -> dict[str, dict[str, int]]:
         return {"backend": dict(Counter(s.provenance.backend for s in self.samples)),
                 "status": dict(Counter(s.measurement.status for s in self.samples))}
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: one printable line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # --- reading and writing ----------------------------------------------------------------------

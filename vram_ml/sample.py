@@ -29,9 +29,9 @@ from typing import Any, Literal
 from vram_ml.spec import LEGACY_SPEC_FIELDS, Spec, SpecError, build_spec
 
 Status = Literal["ok", "oom", "error"]
-Backend = Literal["cuda", "cpu", "simulated"]
+Backend = Literal["cuda", "published", "cpu", "simulated"]
 STATUSES = ("ok", "oom", "error")
-BACKENDS = ("cuda", "cpu", "simulated")
+BACKENDS = ("cuda", "published", "cpu", "simulated")  # published: datasets/published/
 
 
 class SampleError(ValueError):
