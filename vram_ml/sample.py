@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vram_ml.spec import LEGACY_SPEC_FIELDS, Spec, SpecError, build_spec
+from vram_ml.spec import Spec, SpecError, build_spec, renamed_fields
 
 Status = Literal["ok", "oom", "error"]
 Backend = Literal["cuda", "published", "cpu", "simulated"]
@@ -149,7 +149,7 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     Raises:
         SampleError: a missing, corrupt or inconsistent field (one line).
     """
-    row = _renamed_columns({key: _clean(value) for key, value in row.items()})
+    row = renamed_fields({key: _clean(value) for key, value in row.items()}, _as_bool)
     spec_fields: dict[str, Any] = {}
     for name in SPEC_COLUMNS:
         if row.get(name) is None:
@@ -175,16 +175,6 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     except TypeError as error:
         raise SampleError(str(error).split("(")[-1].rstrip(")")) from None
     return Sample(spec, measurement, provenance)
-
-
-def _renamed_columns(row: dict[str, Any]) -> dict[str, Any]:
-    """A row written before a Spec field was renamed (`LEGACY_SPEC_FIELDS`): its old column read
-    as the new one (booleans inverted). The spec_id is unchanged by a rename (Spec.canonical)."""
-    for old, new in LEGACY_SPEC_FIELDS.items():
-        if old in row and row.get(new) is None:
-            value = row.pop(old)
-            row[new] = None if value is None else not _as_bool(old, value)
-    return row
 
 
 def _clean(value: Any) -> Any:

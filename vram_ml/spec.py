@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Literal
 
@@ -158,6 +159,19 @@ class Spec(BaseModel):
     def spec_id(self) -> str:
         payload = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def renamed_fields(fields: dict[str, Any],
+                   as_bool: Callable[[str, Any], bool] = lambda _, value: bool(value)
+                   ) -> dict[str, Any]:
+    """Spec fields as written before a rename (LEGACY_SPEC_FIELDS): each old field read as the
+    new one, its boolean inverted (`as_bool` reads the old value: CSV text, JSON, ...)."""
+    fields = dict(fields)
+    for old, new in LEGACY_SPEC_FIELDS.items():
+        if old in fields and fields.get(new) is None:
+            value = fields.pop(old)
+            fields[new] = None if value is None else not as_bool(old, value)
+    return fields
 
 
 def build_spec(**fields: Any) -> Spec:
