@@ -40,6 +40,11 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "freeze_multi_modal_projector": ("bool", "", "LLaMA-Factory's key: the projector is frozen"),
     "num_gpus": ("int", "GPUs", "data-parallel GPUs (the agent measures 1)"),
     "zero_stage": ("int", "", "DeepSpeed ZeRO stage (0 for the agent)"),
+    "framework": ("str", "", "llamafactory | trl: the framework whose wrapping the run follows"),
+    "transformers_version": ("str", "", "transformers version of the spec's stack (its rules)"),
+    "peft_version": ("str", "", "peft version of the spec's stack"),
+    "trl_version": ("str", "", "trl version of the spec's stack (trl framework)"),
+    "bitsandbytes_version": ("str", "", "bitsandbytes version of the spec's stack"),
     "status": ("str", "", "ok | oom (CUDA out of memory) | error (crash, timeout: see message)"),
     "message": ("str", "", "why a sample is oom/error (one line); empty when ok"),
     "peak_allocated_bytes": (
@@ -84,9 +89,9 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "driver_version": ("str", "", "NVIDIA driver version"),
     "cuda_version": ("str", "", "CUDA version torch was built with (torch.version.cuda)"),
     "torch_version": ("str", "", "torch version"),
-    "transformers_version": ("str", "", "transformers version"),
-    "peft_version": ("str", "", "peft version"),
-    "bitsandbytes_version": ("str", "", "bitsandbytes version"),
+    "installed_transformers_version": ("str", "", "transformers version installed where it ran"),
+    "installed_peft_version": ("str", "", "peft version installed where it ran"),
+    "installed_bitsandbytes_version": ("str", "", "bitsandbytes version installed where it ran"),
     "mlflow_run_id": ("str", "", "the sample's MLflow run (empty when exported from a spool)"),
 }
 
@@ -141,8 +146,12 @@ def datacard(samples: list[Sample], file_name: str) -> str:
             ("model family", lambda s: s.spec.resolved_model.family),
             ("method", lambda s: s.spec.method),
             ("versions (torch / transformers / peft / bitsandbytes)",
-             lambda s: " / ".join((s.provenance.torch_version, s.provenance.transformers_version,
-                                   s.provenance.peft_version, s.provenance.bitsandbytes_version))),
+             lambda s: " / ".join((s.provenance.torch_version,
+                                   s.provenance.installed_transformers_version,
+                                   s.provenance.installed_peft_version,
+                                   s.provenance.installed_bitsandbytes_version))),
+            ("stack (framework / transformers)",
+             lambda s: f"{s.spec.framework} / {s.spec.transformers_version}"),
         ):
             counts = Counter(key(s) for s in samples).most_common()
             lines.append(f"- {title}: " + ", ".join(f"{name} ({n})" for name, n in counts))

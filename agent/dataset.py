@@ -26,7 +26,8 @@ from vram_ml.sample import COLUMNS, Sample, SampleError, peak_vram, row_to_sampl
 DEFAULT_OUTPUT = Path("datasets/samples.csv")
 TRAINING_BACKENDS = ("cuda",)
 REQUIRED_CUDA_PROVENANCE = ("device_name", "device_total_bytes", "driver_version", "cuda_version",
-                            "torch_version", "transformers_version", "peft_version")
+                            "torch_version", "installed_transformers_version",
+                            "installed_peft_version")
 
 
 class DatasetError(ValueError):

@@ -21,9 +21,9 @@ import vram_ml
 AGENT_VERSION = vram_ml.__version__
 LIBRARIES = {  # Provenance field -> distribution name
     "torch_version": "torch",
-    "transformers_version": "transformers",
-    "peft_version": "peft",
-    "bitsandbytes_version": "bitsandbytes",
+    "installed_transformers_version": "transformers",
+    "installed_peft_version": "peft",
+    "installed_bitsandbytes_version": "bitsandbytes",
 }
 
 

@@ -213,7 +213,7 @@ def spec_from_llamafactory(
         raise SpecError(unknown_keys_message(unknown))
     spec = build_spec(**fields)
     multimodal = spec.resolved_model.shape.is_multimodal
-    assumed = assumed_defaults(fields, multimodal)
+    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
     if multimodal and "images_per_sample" not in fields:
         spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
         assumed["images_per_sample"] = images_assumed_note()
@@ -250,6 +250,7 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     if "model_name_or_path" not in raw:
         raise SpecError("config: model_name_or_path is required")
     fields["model"] = str(take("model_name_or_path"))
+    fields["framework"] = "llamafactory"  # llamafactory-cli train's YAML (a flag may override)
     direct = {
         "lora_rank": "lora_rank",
         "lora_alpha": "lora_alpha",

@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vram_ml.spec import Spec, SpecError, build_spec, renamed_fields
+from vram_ml.spec import STACK_FIELDS, Spec, SpecError, build_spec, renamed_fields
 
 Status = Literal["ok", "oom", "error"]
 Backend = Literal["cuda", "published", "cpu", "simulated"]
@@ -81,9 +81,10 @@ class Provenance:
     driver_version: str = ""
     cuda_version: str = ""
     torch_version: str = ""
-    transformers_version: str = ""
-    peft_version: str = ""
-    bitsandbytes_version: str = ""
+    # the libraries installed where it ran (the spec's *_version fields name the stack it asks)
+    installed_transformers_version: str = ""
+    installed_peft_version: str = ""
+    installed_bitsandbytes_version: str = ""
     mlflow_run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -98,9 +99,9 @@ class Provenance:
                 self.backend,
                 self.device_name,
                 self.torch_version,
-                self.transformers_version,
-                self.peft_version,
-                self.bitsandbytes_version,
+                self.installed_transformers_version,
+                self.installed_peft_version,
+                self.installed_bitsandbytes_version,
             )
         )
 
@@ -149,7 +150,8 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     Raises:
         SampleError: a missing, corrupt or inconsistent field (one line).
     """
-    row = renamed_fields({key: _clean(value) for key, value in row.items()}, _as_bool)
+    row = _from_before_stack(renamed_fields({key: _clean(value) for key, value in row.items()},
+                                            _as_bool))
     spec_fields: dict[str, Any] = {}
     for name in SPEC_COLUMNS:
         if row.get(name) is None:
@@ -167,7 +169,7 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
         spec = build_spec(**_coerce_spec(spec_fields))
     except SpecError as error:
         raise SampleError(str(error)) from None
-    if row.get("spec_id") and row["spec_id"] != spec.spec_id:
+    if row.get("spec_id") and row["spec_id"] != spec.spec_id and not _made_before_stack(row, spec):
         raise SampleError(f"spec_id: {row['spec_id']} does not match its spec ({spec.spec_id})")
     try:
         measurement = Measurement(**_coerce(Measurement, row))
@@ -175,6 +177,30 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     except TypeError as error:
         raise SampleError(str(error).split("(")[-1].rstrip(")")) from None
     return Sample(spec, measurement, provenance)
+
+
+# Rows written before the stack was part of the spec (SPEC_VERSION 1) have no `framework`
+# column, and their transformers/peft/bitsandbytes_version columns are the installed versions.
+_V1_PROVENANCE = ("transformers_version", "peft_version", "bitsandbytes_version")
+
+
+def _from_before_stack(row: dict[str, Any]) -> dict[str, Any]:
+    """A SPEC_VERSION 1 row as a current one: its versions moved to the installed_* columns."""
+    if row.get("framework") is not None:
+        return row
+    row = dict(row)
+    for name in _V1_PROVENANCE:
+        value = row.pop(name, None)
+        if value is not None and row.get(f"installed_{name}") is None:
+            row[f"installed_{name}"] = value
+    return row
+
+
+def _made_before_stack(row: dict[str, Any], spec: Spec) -> bool:
+    """A SPEC_VERSION 1 row keeps its old spec_id; it loads with the default stack and gets the
+    new id."""
+    return (not any(row.get(name) is not None for name in STACK_FIELDS)
+            and row["spec_id"] == spec.spec_id_v1())
 
 
 def _clean(value: Any) -> Any:

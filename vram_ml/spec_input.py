@@ -59,7 +59,7 @@ def spec_input_from_fields(fields: dict[str, Any], source: str = "flags") -> Spe
 
     spec = build_spec(**fields)
     multimodal = spec.resolved_model.shape.is_multimodal
-    assumed = assumed_defaults(fields, multimodal)
+    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
     if multimodal and "images_per_sample" not in fields:  # as for a YAML: said, not hidden
         spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
         assumed["images_per_sample"] = images_assumed_note()

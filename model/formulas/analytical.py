@@ -3,12 +3,14 @@
 Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
 (parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
 during part of a step. In steady state (step >= 2: optimizer states exist;
-`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of seven
-moments:
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of these
+moments (and of `load`, before training):
 
 - `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
   for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
   half weight copies autocast caches for checkpointed layers (freed when forward returns).
+- `loss_metrics` (trl >= 0.16): resident + saved activations + the fp32 logits the trainer keeps
+  for its entropy and token accuracy, their working set, the saved log-softmax.
 - `loss_backward`: resident + saved activations + cross-entropy backward, 12 bytes per logit
   (Liger: one chunk of logits and the input gradient, made in forward).
 - `head_backward`: resident + saved activations + the logits' gradient in the compute dtype + the
@@ -20,6 +22,11 @@ moments:
   embedding's, added into the output head's).
 - `vision_forward` (VLMs): resident + the vision tower's working set over all images.
 - `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
+- `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
+  asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
+
+What the framework and library versions change is asked of `StackRules` (stack.py); the notes
+say when one of its rules moved the answer (stack_notes.py).
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
 micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. The peak moment's total is
@@ -42,7 +49,9 @@ from typing import TYPE_CHECKING
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
 from vram_ml.model.formulas import vision
-from vram_ml.model.formulas.model_states import Dtypes, ModelStates, model_states
+from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
+from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
+from vram_ml.model.formulas.stack_notes import stack_notes
 from vram_ml.sample import peak_vram
 
 if TYPE_CHECKING:
@@ -64,8 +73,8 @@ UPPER_BASIS = f"assumed margin: peak + {UPPER_MARGIN:.0%}, not calibrated on GPU
 # torch's cuBLAS workspace on sm90 (4096 KiB x 8): allocated through the caching allocator at the
 # first matmul and kept, so it is part of the allocated peak (simulate replays it too).
 CUBLAS_WORKSPACE_BYTES = 32 * MIB
-MOMENTS = ("forward_end", "loss_backward", "head_backward", "layer_backward", "backward_end",
-           "vision_forward", "optimizer_step")
+MOMENTS = ("forward_end", "loss_metrics", "loss_backward", "head_backward", "layer_backward",
+           "backward_end", "vision_forward", "optimizer_step", "load")
 
 
 # --- analytical: what is alive when -----------------------------------------------------------
@@ -116,11 +125,24 @@ def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
 
 def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
     """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
-    log-softmax output (Liger: its chunk, as in `logits_bytes`)."""
+    log-softmax output, and before transformers 4.49 the shifted fp32 copy
+    (StackRules.forward_logit_bytes; Liger: its chunk, as in `logits_bytes`)."""
     if terms.liger_applies(spec):
         return logits_bytes(spec, tokens, dt)[0]
-    upcast = 4 if dt.compute < 4 else 0
-    return tokens * spec.resolved_model.shape.vocab_size * (dt.compute + upcast + 4)
+    per_logit = StackRules.of(spec).forward_logit_bytes(dt.compute)
+    return tokens * spec.resolved_model.shape.vocab_size * per_logit
+
+
+def metrics_logits_bytes(spec: Spec, tokens: int) -> int:
+    """TRL's compute_loss after the forward (StackRules.trl_accuracy): the fp32 logits and the
+    saved log-softmax, with the larger of its entropy chunk (log-softmax, exp and product of
+    128 rows, fp32) and the accuracy's shifted fp32 copy + its int64 argmax. 0 for the others."""
+    rules = StackRules.of(spec)
+    if not rules.trl_accuracy or terms.liger_applies(spec):
+        return 0
+    vocab = spec.resolved_model.shape.vocab_size
+    entropy = 3 * min(ENTROPY_CHUNK_ROWS, tokens) * vocab * 4 if rules.trl >= ENTROPY_FROM else 0
+    return 8 * tokens * vocab + max(entropy, 4 * tokens * vocab + 8 * tokens)
 
 
 def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) -> int:
@@ -135,7 +157,8 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
     """
     seq, hidden = spec.seq_len, shape.hidden_size
     if spec.gradient_checkpointing:
-        per_token = shape.num_layers * terms.checkpoint_kept_per_token(spec, shape, dt)
+        per_token = checkpointed_layers(spec, shape) * terms.checkpoint_kept_per_token(
+            spec, shape, dt)
     elif spec.method == "freeze":
         per_token = spec.freeze_trainable_layers * terms.layer_activation_per_token(
             spec, shape, dt, seq, True)
@@ -149,16 +172,25 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
     per_token += 2 * shape.head_dim * dt.hidden
     per_token += seq * dt.hidden if spec.attention == "eager" else 0
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
-    cast, head = terms.autocast_weight_params(spec, shape) if dt.autocast else (0, 0)
+    cast, head = terms.autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
     cast_saved = head if spec.gradient_checkpointing else cast
     return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec)
             + vision.vision_activation_bytes(spec, dt))
 
 
+def checkpointed_layers(spec: Spec, shape: ModelShape) -> int:
+    """Decoder layers whose input a checkpoint keeps: every layer, but LLaMA-Factory's freeze
+    tuning checkpoints only the trainable last ones and the frozen ones before them see no input
+    that requires grad (StackRules.checkpoints_frozen_layers)."""
+    if spec.method == "freeze" and not StackRules.of(spec).checkpoints_frozen_layers:
+        return spec.freeze_trainable_layers
+    return shape.num_layers
+
+
 def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     """Half weight copies the autocast cache holds until forward ends but no op saved
     (checkpointed layers'); freed when the autocast context exits, before backward."""
-    if not dt.autocast or not spec.gradient_checkpointing:
+    if not dt.casts_trainable or not spec.gradient_checkpointing:
         return 0
     cast, head = terms.autocast_weight_params(spec, shape)
     return 2 * (cast - head) // _weight_shards(spec)
@@ -170,7 +202,11 @@ def _weight_shards(spec: Spec) -> int:
 
 def analyse(spec: Spec) -> Analysis:
     """Every term of the analytical model for `spec`, and when each is alive."""
-    shape = spec.resolved_model.shape
+    given, rules = spec, StackRules.of(spec)
+    padded = rules.padded_seq_len(spec.seq_len)
+    if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
+        spec = spec.model_copy(update={"seq_len": padded})
+    shape = spec.shape  # as the spec's transformers version builds it
     dt = Dtypes.of(spec)
     tokens = spec.batch_size * spec.seq_len
     states = model_states(spec, shape, dt)
@@ -188,6 +224,8 @@ def analyse(spec: Spec) -> Analysis:
         "forward_end": {**resident, "activations": activations,
                         "logits": forward_logits_bytes(spec, tokens, dt),
                         "temporaries": autocast_cache_extra(spec, shape, dt)},
+        "loss_metrics": {**resident, "activations": activations,
+                         "logits": metrics_logits_bytes(spec, tokens)},
         "loss_backward": {**resident, "activations": activations, "logits": loss_set},
         "head_backward": {**resident, "activations": activations, "logits": head_extra,
                           "temporaries": states.gathered_head},
@@ -196,10 +234,13 @@ def analyse(spec: Spec) -> Analysis:
         "backward_end": {**resident, "temporaries": states.tied_gradient},
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
+        "load": {"weights": states.weights, "quantization_constants": states.quantization_constants,
+                 "temporaries": load_extra(spec, shape, dt)},
     }
     made = {
         # Liger makes the head's weight gradient inside forward
         "forward_end": states.head_gradients if terms.liger_applies(spec) else 0,
+        "loss_metrics": states.head_gradients if terms.liger_applies(spec) else 0,
         "loss_backward": states.head_gradients if terms.liger_applies(spec) else 0,
         "head_backward": states.head_gradients,
         "layer_backward": states.head_gradients + states.layer_gradients,
@@ -213,8 +254,9 @@ def analyse(spec: Spec) -> Analysis:
     tensors = totals[peak_moment]
     allocated = tensors + CUBLAS_WORKSPACE_BYTES
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
-    notes = [*_notes(spec, shape),
-             f"peak at {peak_moment.replace('_', ' ')} (steady state: optimizer step >= 2)"]
+    when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
+    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
+             f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
         moments=moments, peak_moment=peak_moment, peak_tensor_bytes=tensors,

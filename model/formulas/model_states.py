@@ -20,6 +20,7 @@ from vram_ml.model.formulas.parameters import (
     projector_tensors,
     vision_linear_tensors,
 )
+from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -48,12 +49,23 @@ ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 class Dtypes:
     """Bytes per element of each kind of tensor, for one spec (the Spec docstring's semantics)."""
 
-    frozen: int  # frozen, unquantized weights (LLaMA-Factory's compute dtype)
+    frozen: int  # frozen, unquantized weights (the compute dtype: LLaMA-Factory's, trl's load)
     trainable: int  # trainable parameters and their gradients
     compute: int  # matmul outputs and most saved activations
     hidden: int  # the residual stream (the embedding's dtype, promoted by the residual adds)
     autocast: bool
     master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
+    norm: int = 0  # frozen norm weights, when not `frozen` (TRL's QLoRA: fp32)
+
+    @property
+    def norm_bytes(self) -> int:
+        return self.norm or self.frozen
+
+    @property
+    def casts_trainable(self) -> bool:
+        """Autocast makes a half copy of each trainable weight a matmul reads (fp32 ones only:
+        TRL's bf16 full fine-tuning has none)."""
+        return self.autocast and self.trainable > self.compute
 
     @classmethod
     def of(cls, spec: Spec) -> Dtypes:
@@ -63,8 +75,19 @@ class Dtypes:
             # DeepSpeed bf16/fp16 casts the module to half; fp32 master weights live in the
             # optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no torch autocast.
             return cls(2, 2, 2, 2, False, 4)
-        if spec.precision == "pure_bf16":
-            return cls(2, 2, 2, 2, False, 0)
+        rules = StackRules.of(spec)
+        adapters = spec.method in ("lora", "qlora")
+        if not rules.llamafactory:
+            # TRL: nothing upcast but the adapters (peft) and, under QLoRA, the norms, whose
+            # fp32 outputs turn the residual stream fp32 (StackRules.norms_fp32; 8-bit under
+            # peft's prepare: the embeddings too). Autocast only with the bf16 / fp16 flags
+            # (pure_bf16 and no_amp: a half-precision model trained as loaded).
+            trainable = (4 if rules.fp32_adapters else 2) if adapters else 2
+            norm = rules.frozen_bytes("norm", 2)
+            hidden = max(norm, rules.frozen_bytes("embedding", 2))
+            return cls(2, trainable, 2, hidden, spec.precision in ("bf16", "fp16"), 0, norm)
+        if spec.precision == "pure_bf16":  # LoRA adapters stay fp32: peft casts them
+            return cls(2, 4 if adapters else 2, 2, 2, False, 0)
         # bf16/fp16 AMP and no_amp: half frozen weights, trainable params upcast to fp32
         # (LLaMA-Factory's cast_trainable_params_to_fp32). Full fine-tuning upcasts everything,
         # so without autocast it computes in fp32 and with it the residual stream stays fp32.
@@ -77,11 +100,44 @@ class Dtypes:
         """Without autocast an fp32 trainable layer computes in fp32 (its norm's fp32 weight
         promotes the stream): freeze + no_amp."""
         if trainable and not self.autocast and self.trainable == 4:
-            return Dtypes(self.frozen, 4, 4, 4, False, self.master)
+            return Dtypes(self.frozen, 4, 4, 4, False, self.master, self.norm)
         return self
 
 
 # --- parameters (which train: parameters.py) ---------------------------------------------
+
+
+def layer_norm_params(shape: ModelShape) -> int:
+    """Norm weights (and biases) of one decoder layer: its other parameters but the router that
+    transformers 5 keeps outside the linears (Mixtral's MixtralTopKRouter.weight)."""
+    router = shape.num_experts * shape.hidden_size if shape.has_fused_experts else 0
+    return shape.layer_other_params - router
+
+
+def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
+    """QLoRA's unquantized parameters by `StackRules.frozen_bytes` kind: norms (per layer + the
+    final one), embeddings + output head, and the rest (fused experts, routers, biases of the
+    quantized linears, the vision tower's non-linear parameters, extra glue)."""
+    per_layer = layer_norm_params(shape)
+    fused = sum(lin.params for lin in shape.layer_linears if lin.fused)
+    biases = sum(lin.out_features * lin.count for lin in shape.layer_linears
+                 if lin.bias and not lin.fused)
+    other = shape.num_layers * (fused + biases + shape.layer_other_params - per_layer)
+    if shape.vision is not None:
+        other += shape.vision.tower_params - numel(vision_linear_tensors(shape))
+    return {"norm": shape.num_layers * per_layer + shape.final_norm_params,
+            "embedding": shape.embedding_params + shape.lm_head_params,
+            "other": other + shape.extra_params}
+
+
+def upcast_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Bytes the stack's QLoRA casts add over keeping frozen unquantized weights in the compute
+    dtype (StackRules.frozen_bytes: peft's prepare_model_for_kbit_training, TRL's norm casts)."""
+    if spec.method != "qlora":
+        return 0
+    rules = StackRules.of(spec)
+    return sum(params * (rules.frozen_bytes(kind, dt.frozen) - dt.frozen)
+               for kind, params in frozen_kind_params(shape).items())
 
 
 def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
@@ -171,7 +227,10 @@ def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
     (8-bit) or fp32 (32-bit) states of tensors of at least BNB_PAGED_MIN_SIZE elements, the rest
     of `optimizer_bytes` being in the caching allocator (vram_ml/sample.py: the target counts
     the two separately, the measurement reads them separately)."""
-    per_element = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    if not optimizer.startswith("paged_"):
+        return 0
+    count_per, kind = OPTIMIZER_STATES[optimizer]  # paged AdamW, Lion, AdEMAMix: 8 or 32 bit
+    per_element = count_per * (1 if kind == "bnb8" else 4)
     return sum(per_element * rows * max(cols, 1) * count for rows, cols, count in tensors
                if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
 
@@ -214,7 +273,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     packed = numel(quantized)
     frozen = shape.total_params - base_params - packed
     weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
-    weights += base_params * dt.trainable
+    weights += base_params * dt.trainable + upcast_bytes(spec, shape, dt)
     trainable = base + adapters
     params = base_params + adapter_params
     state_bytes = 4 if dt.master else dt.trainable
@@ -260,3 +319,19 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
                            shape.layer_params + shape.hidden_size**2) * dt.frozen
         if gathered else 0,
     )
+
+
+def load_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """What loading adds over the loaded weights, at its worst moment (QLoRA only):
+    transformers 5.0-5.3's asynchronous loading can hold every quantized layer's checkpoint
+    tensor in full precision on the device before the quantizer reaches it
+    (StackRules.async_quantized_load); peft's prepare_model_for_kbit_training holds the embeddings
+    and head in fp32 until TRL casts them back to bf16 (StackRules.bf16_recast)."""
+    if spec.method != "qlora":
+        return 0
+    rules = StackRules.of(spec)
+    loading = numel(quantized_tensors(spec, shape)) * dt.frozen if rules.async_quantized_load else 0
+    recast = 0
+    if rules.peft_kbit_prepare and rules.bf16_recast:
+        recast = frozen_kind_params(shape)["embedding"] * (4 - dt.frozen)
+    return max(loading, recast)

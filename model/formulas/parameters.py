@@ -148,8 +148,9 @@ class TrainableParameters:
 
 
 def trainable_parameters(spec: Spec) -> TrainableParameters:
-    """The trainable parameters of `spec`, split by where they are."""
-    shape = spec.resolved_model.shape
+    """The trainable parameters of `spec`, split by where they are (the model as the spec's
+    transformers version builds it: 4.x MoE experts are nn.Linear modules LoRA reaches)."""
+    shape = spec.shape
     base = numel(base_trainable_tensors(spec, shape))
     adapters = numel(adapter_tensors(spec, shape))
     vision = numel(vision_adapter_tensors(spec, shape))
@@ -166,4 +167,4 @@ def parameter_counts(spec: Spec) -> tuple[int, int]:
     """(trainable, frozen) parameters: adapters count as trainable, the weights they wrap as
     frozen; trainable + frozen = the model's parameters + the adapters."""
     counts = trainable_parameters(spec)
-    return counts.total, spec.resolved_model.shape.total_params - counts.base
+    return counts.total, spec.shape.total_params - counts.base

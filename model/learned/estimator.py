@@ -271,5 +271,6 @@ def _learned_estimate(
             *notes,
             f"breakdown: analytical terms, learned correction {'+' if correction >= 0 else ''}"
             f"{gib(correction)} GiB",
+            *analytical.notes,  # what the stack's rules did to the base (model/formulas/stack.py)
         ],
     )

@@ -1,6 +1,8 @@
 """The recipe's batch: one micro-batch of random tokens for a Spec.
 
-`batch_size x seq_len` tokens with labels = inputs; VLMs get their images and image tokens inside
+`batch_size x seq_len` tokens (LLaMA-Factory: seq_len rounded up to a multiple of 8, as its
+collator pads the longest sample; here every position is a real token, so no attention mask is
+made for the padding) with labels = inputs; VLMs get their images and image tokens inside
 `seq_len` (LLaMA-Factory's cutoff counts them), with the pixel inputs their processor would give
 for a square `image_resolution` image (Qwen2-VL: after its smart resize, with `image_grid_thw`).
 Tokens come from a fixed seed, so a spec's batch is the same on every device.
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from vram_ml.model.formulas.stack import StackRules
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ def make_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu")
     special = [getattr(config, key, None) for key in (
         "image_token_index", "image_token_id", "video_token_id", "vision_start_token_id")]
     top = min([text_config.vocab_size, *(s for s in special if isinstance(s, int))])
-    shape = (spec.batch_size, spec.seq_len)
+    shape = (spec.batch_size, StackRules.of(spec).padded_seq_len(spec.seq_len))
     input_ids = torch.randint(0, top, shape, generator=generator)
     batch: dict[str, torch.Tensor] = {}
     if spec.images_per_sample:

@@ -8,7 +8,7 @@ builds every catalog model on the meta device to hold us to that.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class UnsupportedArchitecture(ValueError):
@@ -86,6 +86,11 @@ class ModelShape:
     vision: VisionShape | None = None
     extra_params: int = 0  # anything else transformers builds (e.g. multimodal glue)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The decoder layer as transformers 4.x builds it, where it differs from 5.x: MoE experts as
+    # one nn.Linear each and the router as an nn.Linear (so bitsandbytes quantizes them and LoRA
+    # reaches them). None: the same layer in both. Read through `for_transformers`.
+    v4_layer_linears: tuple[LinearShape, ...] | None = None
+    v4_layer_other_params: int | None = None
 
     @property
     def layer_linear_params(self) -> int:
@@ -128,3 +133,15 @@ class ModelShape:
     @property
     def is_multimodal(self) -> bool:
         return self.vision is not None
+
+    @property
+    def has_fused_experts(self) -> bool:
+        return any(linear.fused for linear in self.layer_linears)
+
+    def for_transformers(self, major: int) -> ModelShape:
+        """The shape as that transformers major version builds the model (same parameters)."""
+        if major >= 5 or self.v4_layer_linears is None:
+            return self
+        return replace(self, layer_linears=self.v4_layer_linears,
+                       layer_other_params=self.v4_layer_other_params, v4_layer_linears=None,
+                       v4_layer_other_params=None)

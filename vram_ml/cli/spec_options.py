@@ -142,6 +142,24 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")],
         "zero_stage",
     ),
+    "framework": (
+        Annotated[str | None, typer.Option(help="llamafactory | trl (who wraps the model).")],
+        "framework",
+    ),
+    "transformers_version": (
+        Annotated[str | None, typer.Option(help="transformers version, e.g. 4.57.6.")],
+        "transformers_version",
+    ),
+    "peft_version": (
+        Annotated[str | None, typer.Option(help="peft version, e.g. 0.18.1.")], "peft_version",
+    ),
+    "trl_version": (
+        Annotated[str | None, typer.Option(help="trl version, e.g. 0.24.0.")], "trl_version",
+    ),
+    "bitsandbytes_version": (
+        Annotated[str | None, typer.Option(help="bitsandbytes version, e.g. 0.50.2.")],
+        "bitsandbytes_version",
+    ),
     "override": (
         Annotated[
             list[str] | None, typer.Option(help="Model config override key=value (repeatable).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vram_ml.cards import CARDS, DEFAULT_FIT_CARD
-from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS
+from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS, STACK_FIELDS
 from vram_ml.model.estimate import BREAKDOWN_TERMS, ESTIMATORS
 from vram_ml.spec import Spec
 
@@ -23,6 +23,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "vision (VLMs)": IMAGE_FIELDS,
     "GPUs": ("num_gpus", "zero_stage"),
+    "stack": STACK_FIELDS,
 }
 # field -> {other field: values under which it matters}; the page dims it otherwise
 RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {

@@ -23,17 +23,28 @@ def relative_gap(spec) -> float:
     return analyse(spec).peak_tensor_bytes / simulate(spec).peak_tensor_bytes - 1
 
 
-@pytest.mark.parametrize("fields", [
+AGREEMENT_CASES = [
     {}, {"method": "full"}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"},
     {"gradient_checkpointing": True}, {"attention": "eager"}, {"method": "freeze"},
     {"lora_dropout": 0.1, "optimizer": "adamw_8bit"},
     {"method": "full", "optimizer": "lion_8bit"}, {"method": "full", "optimizer": "adagrad"},
+]
+# trl (HF Trainer / SFTTrainer + peft): two cases here, the rest in the slow tier (freeze is
+# LLaMA-Factory's only)
+TRL_DEFAULT_TIER = ({}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"})
+
+
+@pytest.mark.parametrize("framework, fields", [
+    pytest.param(framework, fields, marks=[] if framework == "llamafactory"
+                 or fields in TRL_DEFAULT_TIER else [pytest.mark.slow])
+    for framework in ("llamafactory", "trl") for fields in AGREEMENT_CASES
+    if framework == "llamafactory" or fields.get("method") != "freeze"
 ])
-def test_analytical_agrees_with_the_simulated_step(fields, assets):
+def test_analytical_agrees_with_the_simulated_step(framework, fields, assets):
     pytest.importorskip("torch")
     spec = build_spec(**{"model": str(assets / "tiny_llama_config.json"), "batch_size": 2,
                          "seq_len": 256, "precision": "bf16", "gradient_checkpointing": False,
-                         **fields})
+                         "framework": framework, **fields})
     assert abs(relative_gap(spec)) <= AGREEMENT
 
 

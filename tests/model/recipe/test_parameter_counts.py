@@ -45,7 +45,8 @@ def test_vlm_trainable_parameters_are_what_the_recipe_builds(model, fields, free
 
 
 @pytest.mark.parametrize("fields", [*METHODS, pytest.param(
-    dict(method="qlora", quant_bits=4, lora_target="all"), id="qlora-all")])
+    dict(method="qlora", quant_bits=4, lora_target="all"), id="qlora-all"), pytest.param(
+    dict(method="lora", lora_target="all", framework="trl"), id="trl-lora-all")])
 @pytest.mark.parametrize("model", [dict(model=TINY_LLAMA), TINY_BLOOM], ids=["llama", "bloom"])
 def test_decoder_trainable_parameters_are_what_the_recipe_builds(model, fields):
     if model is TINY_BLOOM and fields.get("lora_target") == "q_proj,v_proj":
