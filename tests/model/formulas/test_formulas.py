@@ -340,11 +340,17 @@ def _vision_activations(estimator_name: str, config: str, checkpointing: bool, r
     return sizes[0] - sizes[1]
 
 
-@pytest.mark.parametrize("framework", sorted(VISION_STACKS))
-@pytest.mark.parametrize("checkpointing", [True, False])
-@pytest.mark.parametrize("config, resolution, seq_len", [
+VISION_CASES = [
     ("tiny_qwen2_vl_config.json", 224, 128),  # 256 patches, 64 image tokens
     ("tiny_llava_config.json", 56, 64),  # CLIP at 56 px: 16 patches + CLS
+]
+
+
+@pytest.mark.parametrize("config, resolution, seq_len, checkpointing, framework", [
+    pytest.param(*case, checkpointing, framework, marks=[] if framework == "llamafactory" or (
+        checkpointing and case is VISION_CASES[0]) else [pytest.mark.slow])  # one trl case fast
+    for framework in sorted(VISION_STACKS) for checkpointing in (True, False)
+    for case in VISION_CASES
 ])
 def test_vision_activations_match_simulate(config, resolution, seq_len, checkpointing, framework):
     """transformers 5 + peft hook every sub-model's input embeddings under checkpointing, so a
