@@ -56,9 +56,14 @@ def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str |
     if framework_note:
         request.assumptions.append(f"framework={framework}: {framework_note}")
     for library in VERSION_FIELDS:
-        version = exact_version(row.get(f"{library}_version"))
+        version = (exact_version(row.get(f"{library}_version"))
+                   or exact_version(row.get(f"_assumed_{library}_version")))
         if version:
             request.wanted[f"{library}_version"] = version
+    if row.get("_version_assumption"):
+        request.assumptions.append(row["_version_assumption"])
+    if row.get("_version_blocker"):
+        request.block(row["_version_blocker"])
     request.wanted["stage"] = "sft"
     gpus = as_int(run.get("num_gpus")) or as_int(row.get("gpu_count"))
     if gpus is None:
