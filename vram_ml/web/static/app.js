@@ -140,7 +140,7 @@ function writeUrl() {
   if (mode === "yaml" && $("yaml").value) params.set("yaml", $("yaml").value);
   if ($("config-json").value) params.set("config_json", $("config-json").value);
   if ($("fit-card").value !== form.default_fit_card) params.set("card", $("fit-card").value);
-  if ($("target-batch").value !== "32") params.set("target_batch", $("target-batch").value);
+  if ($("target-batch").value) params.set("target_batch", $("target-batch").value);
   history.replaceState(null, "", "?" + params.toString());
 }
 
@@ -204,12 +204,13 @@ async function update() {
   const number = ++requestCounter;
   const body = specBody();
   const cards = form.cards.map((card) => card.key);
-  const target = Number($("target-batch").value) || 32;
+  const target = Number($("target-batch").value) || null;  // null: the run's own
   $("answer").classList.add("stale");
   try {
     const [prediction, fit, estimates] = await Promise.all([
       post("/api/predict", { ...body, cards }),
-      post("/api/fit", { ...body, card: $("fit-card").value, target_batch: target }),
+      post("/api/fit", { ...body, card: $("fit-card").value,
+                         ...(target ? { target_batch: target } : {}) }),
       post("/api/estimate", body),
     ]);
     if (number !== requestCounter) return;
