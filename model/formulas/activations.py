@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vram_ml.model.formulas.model_states import (
-    Dtypes,
+from vram_ml.model.formulas.model_states import Dtypes, layer_norm_params
+from vram_ml.model.formulas.parameters import (
     adapter_tensors,
-    layer_norm_params,
+    freeze_vision_blocks,
     numel,
-    vision_linears,
+    trainable_parameters,
+    vision_linear_tensors,
 )
 from vram_ml.model.formulas.stack import StackRules
 
@@ -317,9 +318,13 @@ def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
         return numel(adapter_tensors(spec, shape)), 0
     weights = layers * sum(lin.count * lin.in_features * lin.out_features
                            for lin in shape.layer_linears)
-    if shape.vision is not None and spec.train_vision_tower:
-        weights += numel(vision_linears(shape))
-    if shape.vision is not None and spec.train_projector:
+    if spec.method == "full" and shape.vision is not None and not spec.freeze_vision_tower:
+        weights += numel(vision_linear_tensors(shape))
+    blocks = freeze_vision_blocks(spec, shape)
+    if blocks:
+        weights += blocks * sum(lin.params - (lin.out_features if lin.bias else 0)
+                                for lin in shape.vision.layer_linears)
+    if trainable_parameters(spec).projector:
         weights += shape.projector_params
     return weights + head, head
 

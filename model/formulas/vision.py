@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.activations import activation_bytes
 from vram_ml.model.formulas.model_states import Dtypes
+from vram_ml.model.formulas.parameters import trainable_parameters
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -27,8 +28,13 @@ PLAIN_MODULE_TOWERS = frozenset({"qwen_vl"})
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    lm_tokens: int  # tokens one image puts in the text sequence
+    """One image, as the model sees it: the one definition of image tokens (the recipe's batch,
+    the features, the planner and the estimators all read it)."""
+
+    lm_tokens: int  # tokens one image puts in the text sequence (counted in seq_len)
     encoder_tokens: int  # patch states the vision tower runs for one image
+    placeholder_tokens: int  # of lm_tokens, the image-token ids replaced by image features
+    grid: int = 0  # dynamic resolution: patches per side after the processor's resize
 
 
 def image_geometry(spec: Spec) -> ImageGeometry:
@@ -39,15 +45,16 @@ def image_geometry(spec: Spec) -> ImageGeometry:
     if v.dynamic_resolution:
         factor = v.patch_size * v.spatial_merge_size
         side = max(factor, round(spec.image_resolution / factor) * factor)
-        patches = (side // v.patch_size) ** 2
-        return ImageGeometry(patches // v.spatial_merge_size**2 + 2, patches)
+        grid = side // v.patch_size
+        placeholders = grid**2 // v.spatial_merge_size**2
+        return ImageGeometry(placeholders + 2, grid**2, placeholders, grid)
     tokens = v.fixed_image_tokens or (v.image_size // v.patch_size) ** 2
     encoder = v.encoder_tokens_per_image or tokens
     if v.kind == "idefics3":
         tiles = ceil(spec.image_resolution / v.image_size) ** 2
         tiles += 1 if tiles > 1 else 0
-        return ImageGeometry(tiles * tokens, tiles * encoder)
-    return ImageGeometry(tokens, encoder)
+        return ImageGeometry(tiles * tokens, tiles * encoder, tiles * tokens)
+    return ImageGeometry(tokens, encoder, tokens)
 
 
 
@@ -101,9 +108,10 @@ def vision_in_graph(spec: Spec) -> bool:
     transformers 4.x hooks only the top model's embeddings, LLaMA-Factory only for LoRA without
     quantization (StackRules.hooks_every_input_embedding). PLAIN_MODULE_TOWERS are no
     PreTrainedModel: no hook reaches them, only training puts them in the graph."""
+    trained = trainable_parameters(spec).vision > 0
     if spec.resolved_model.shape.vision.kind in PLAIN_MODULE_TOWERS:
-        return spec.train_vision_tower
-    return spec.train_vision_tower or StackRules.of(spec).hooks_every_input_embedding
+        return trained
+    return trained or StackRules.of(spec).hooks_every_input_embedding
 
 
 def _blocks_feeding_features(spec: Spec) -> int:
@@ -122,7 +130,7 @@ def vision_checkpointed(spec: Spec) -> bool:
     keeps all its activations; StackRules.checkpoints_frozen_layers)."""
     rules = StackRules.of(spec)
     return spec.gradient_checkpointing and (
-        rules.checkpoints_frozen_layers or spec.train_vision_tower)
+        rules.checkpoints_frozen_layers or trainable_parameters(spec).vision > 0)
 
 
 def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
@@ -166,21 +174,22 @@ def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
     total = pixel_bytes(spec)
     if not vision_in_graph(spec):
-        if spec.train_projector:
+        if trainable_parameters(spec).projector:
             total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
         return total
+    trained = trainable_parameters(spec)
     if vision_checkpointed(spec):
         per_layer = v.hidden_size * _vision_stream_bytes(shape, dt)
     else:
         per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
-                                            frozen=not spec.train_vision_tower)
+                                            frozen=not trained.vision)
     if vision_checkpointed(spec):
         total += patches * per_layer * v.num_layers
     else:
         total += patches * per_layer * _blocks_feeding_features(spec)
         if v.kind == "clip" and dt.autocast:  # pre_layrnorm's fp32 input (autocast's cast)
             total += patches * v.hidden_size * 4
-    if spec.train_vision_tower or spec.train_projector:
+    if trained.vision or trained.projector:
         total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
     else:
         total += _vision_shared_bytes(spec, shape, dt, patches)

@@ -13,11 +13,11 @@ from vram_ml.model.recipe.methods import mark_trainable, quantize_linears
 from vram_ml.model.recipe.precision import compute_dtype
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe, refuse_remote_code
 from vram_ml.model.recipe.weights import materialize
+from vram_ml.model.recipe_support import SUPPORTED_VLMS, recipe_refusal  # noqa: F401 (re-export)
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
-SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl")
 
 
 def hf_config(spec: Spec) -> Any:
@@ -85,13 +85,9 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
     refuse_remote_code(spec)
     device = torch.device(device)
     config = hf_config(spec)
-    if spec.liger_kernel:
-        raise UnsupportedRecipe("liger_kernel: Liger kernels are not part of this recipe")
-    if is_multimodal(config) and config.model_type not in SUPPORTED_VLMS:
-        raise UnsupportedRecipe(
-            f"model: vision-language family {config.model_type!r} is not in the recipe "
-            f"(supported: {', '.join(SUPPORTED_VLMS)})"
-        )
+    refusal = recipe_refusal(spec)
+    if refusal:
+        raise UnsupportedRecipe(refusal)
     with init_empty_weights(include_buffers=False):  # parameters on meta, small buffers real
         cls = model_class(config)
         build = getattr(cls, "from_config", None) or cls._from_config  # Auto classes / concrete

@@ -59,6 +59,25 @@ def assert_matches_transformers(shape: ModelShape, model) -> None:
         match = [p for name, p in params.items() if name.endswith(fused.name)]
         assert len(match) == 1 and match[0].numel() == fused.params
     assert sum(p.numel() for p in params.values()) == shape.layer_params
+    if shape.vision is not None:
+        assert_vision_block_matches(shape, model)
+
+
+def assert_vision_block_matches(shape: ModelShape, model) -> None:
+    """The tower's first block: its nn.Linear modules and parameters are VisionShape's."""
+    import torch
+
+    block = next(module for name, module in model.named_modules()
+                 if ("vision" in name or "visual" in name)
+                 and name.endswith((".layers.0", ".blocks.0")))
+    linears = {name.rsplit(".", 1)[-1]: module for name, module in block.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    expected = {lin.name: lin for lin in shape.vision.layer_linears}
+    assert set(linears) == set(expected)
+    for name, module in linears.items():
+        assert (module.in_features, module.out_features, module.bias is not None) == (
+            expected[name].in_features, expected[name].out_features, expected[name].bias)
+    assert sum(p.numel() for p in block.parameters()) == shape.vision.layer_params
 
 
 # Remote-code-only models have no transformers class: tests/vram_ml/test_remote_code.py sums

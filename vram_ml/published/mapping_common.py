@@ -183,7 +183,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
     if run.get("trainable_embeddings"):
         request.block("trainable embeddings and lm_head (modules_to_save): not in the Spec")
     if run.get("trainable_vision"):
-        request.set("train_vision_tower", True)
+        request.set("freeze_vision_tower", False)
     for name in ("images_per_sample", "image_resolution"):
         if as_int(run.get(name)) is not None:
             request.set(name, as_int(run[name]))

@@ -118,7 +118,7 @@ def test_qwen_vl_frozen_tower_records_nothing_and_its_attention_is_explicit():
     assert vision.vision_activation_bytes(frozen, dt) == vision.pixel_bytes(frozen)
     assert vision.pixel_bytes(frozen) == 3 * 448 * 448 * 4
     trained = lora("Qwen/Qwen-VL-Chat", seq_len=512, images_per_sample=1, image_resolution=448,
-                   method="full", train_vision_tower=True, precision="bf16")
+                   method="full", freeze_vision_tower=False, precision="bf16")
     assert vision.vision_in_graph(trained)
     scores = 16 * 1024 * 1024 * (2 + 8)  # heads x patches^2, eager even under SDPA
     working = vision.vision_forward_bytes(frozen, dt) - vision.vision_activation_bytes(frozen, dt)
