@@ -74,12 +74,13 @@ def quantized_under_bf16(spec: Spec) -> bool:
     return spec.stage == "ppo" and spec.precision == "bf16" and quantized
 
 
-def recipe_refusal(spec: Spec) -> str | None:
-    """Why the recipe cannot run this stage's step (one line), or None: PPO's generation with
+def stage_refusal(spec: Spec) -> str:
+    """Why the recipe cannot run this stage's step (one line), or "": PPO's generation with
     freeze's mixed dtypes, its fp16 autocast with bitsandbytes under bf16 (both would fail in
-    LLaMA-Factory as read; model/recipe/stages/ppo.py). The analytical estimate still answers."""
+    LLaMA-Factory as read; model/recipe/stages/ppo.py). The analytical estimate still answers.
+    Part of model/recipe_support.recipe_refusal (everything the recipe refuses)."""
     if spec.stage != "ppo":
-        return None
+        return ""
     if spec.method == "freeze":
         return ("method: ppo with freeze fails in the recipe: generation runs without autocast "
                 "and the fp32 trainable layers meet the frozen half-precision output head")
@@ -87,7 +88,7 @@ def recipe_refusal(spec: Spec) -> str | None:
         return ("precision: ppo with a 4/8-bit model under bf16 fails in the recipe: fp16 "
                 "autocast (PPO's amp_context) meets bitsandbytes' bf16 outputs in torch.cat "
                 "(autocast 'prioritize'); use fp16")
-    return None
+    return ""
 
 
 def check_stage(spec: Spec) -> None:

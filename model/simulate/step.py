@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from vram_ml.model import recipe
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.formulas.stack import StackRules
 from vram_ml.model.recipe.stages.common import companions
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+from vram_ml.model.simulate.allocator import CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
 from vram_ml.model.simulate.tracker import LiveStorageTracker, Peak
@@ -148,7 +149,7 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
         hidden_bytes=cuda_hidden_bytes if emulate_cuda else None,
         allocator=CachingAllocator() if emulate_cuda else None,
     )
-    register_state(tracker, model, batch)
+    register_state(tracker, model, batch, optimizer)
     if tracker.allocator:
         tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
     tracker.observe(phase="setup")
@@ -164,10 +165,12 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
     return tracker.peak
 
 
-def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict) -> None:
-    """Count what exists before the step: weights, adapters, quantization state, the batch, and
-    a stage's frozen reference / reward model (as `reference_model` / `reward_model`; PPO's
-    "reward" adapter on the policy's base as `reward_model`)."""
+def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict,
+                   optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Count what exists before the step: weights, adapters, quantization state, the batch, a
+    stage's frozen reference / reward model (as `reference_model` / `reward_model`; PPO's
+    "reward" adapter on the policy's base as `reward_model`), and optimizer states made when the
+    optimizer is (torch's Adagrad fills `state_sum` there)."""
     tracker.track_all(quantization_tensors(model), "quantization_constants")
     for name, param in model.named_parameters():
         if ".reward." in name:
@@ -181,6 +184,9 @@ def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict) -
         tracker.track_all(companion.parameters(), term)
         tracker.track_all(companion.buffers(), term)
     tracker.track_all(batch.values(), "activations")
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tracker.track_all((v for v in state.values() if torch.is_tensor(v)), "optimizer")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ from vram_ml.model.recipe.stages.common import (
 from vram_ml.model.recipe.stages.dpo import attach_reference
 from vram_ml.model.recipe.stages.generation import generate
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
-from vram_ml.stages import companion_spec, recipe_refusal
+from vram_ml.stages import companion_spec, stage_refusal
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
@@ -57,12 +57,12 @@ def prepare(model: nn.Module, spec: Spec, device: torch.device) -> nn.Module:
     """Value head, reference (full / freeze or `ref_model`), reward adapter or reward model.
 
     Raises:
-        UnsupportedRecipe: freeze, or a 4/8-bit model with bf16 (vram_ml.stages.recipe_refusal:
+        UnsupportedRecipe: freeze, or a 4/8-bit model with bf16 (vram_ml.stages.stage_refusal:
             bitsandbytes layers return bf16, and the rotary embedding's torch.cat of two bf16
             tensors fails under fp16 autocast, "Unexpected floating ScalarType in
             at::autocast::prioritize", ATen's device-independent rule, seen on CPU here).
     """
-    refusal = recipe_refusal(spec)
+    refusal = stage_refusal(spec)
     if refusal:
         raise UnsupportedRecipe(refusal)
     add_value_head(model)

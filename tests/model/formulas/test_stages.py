@@ -35,7 +35,7 @@ def test_lora_dpo_is_sft_at_twice_the_sequences_plus_the_log_prob_terms(checkpoi
     dpo = analyse(spec(stage="dpo", gradient_checkpointing=checkpointing))
     sft = analyse(spec(batch_size=4, gradient_checkpointing=checkpointing))
     assert dpo.peak_moment == "reference_forward" and sft.peak_moment == "loss_backward"
-    extra = dpo.peak_allocated - sft.peak_allocated
+    extra = dpo.peak_tensor_bytes - sft.peak_tensor_bytes
     assert extra == 4 * logits(spec(), 4)
 
 
@@ -52,7 +52,7 @@ def test_full_dpo_adds_a_frozen_reference_in_the_checkpoint_dtype():
     assert total["reference_forward"] - sft_total["loss_backward"] == reference + 4 * logits(
         spec(), 4)
     assert total["optimizer_step"] - sft_total["optimizer_step"] == reference
-    assert full.peak_allocated >= sft_full.peak_allocated + reference
+    assert full.peak_tensor_bytes >= sft_full.peak_tensor_bytes + reference
     assert params > 0
     quantized = analyse(spec(stage="dpo", ref_model=LLAMA3, ref_model_quantization_bit=4))
     assert 0.3 < quantized.breakdown["reference_model"] / full.breakdown["reference_model"] < 0.4
@@ -93,9 +93,9 @@ def test_ppo_costs_more_than_dpo_which_costs_more_than_sft(method, fields):
     """The same model, method, batch and cutoff. For LoRA PPO only outgrows DPO once its
     sequences (prompt + generated) are at least DPO's two per sample: below that LoRA PPO is
     cheaper, which is why the relation is tested where it holds."""
-    sft = analyse(spec(method=method)).peak_vram
-    dpo = analyse(spec(method=method, stage="dpo")).peak_vram
-    ppo = analyse(spec(method=method, stage="ppo", **fields)).peak_vram
+    sft = analyse(spec(method=method)).peak_vram_bytes
+    dpo = analyse(spec(method=method, stage="dpo")).peak_vram_bytes
+    ppo = analyse(spec(method=method, stage="ppo", **fields)).peak_vram_bytes
     assert ppo > dpo > sft
 
 
