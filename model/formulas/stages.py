@@ -244,7 +244,8 @@ def _ppo(spec: Spec, graph: Spec, shape: ModelShape, dt: Dtypes, logits: int, to
         "generation": {"kv_cache": max(kv, kv_cache_bytes(spec, shape, spec.seq_len) + prefill)},
     }
     notes = [PPO_TRL_NOTE,
-             f"ppo: {spec.batch_size} sequences of {spec.seq_len} prompt + {spec.max_new_tokens} "
+             f"ppo: {spec.batch_size} sequence{'s' * (spec.batch_size > 1)} of {spec.seq_len} "
+             f"prompt + {spec.max_new_tokens} "
              f"generated tokens; training logits (upcast, log-softmax, the copy the loss's "
              f"entropy reads) {_size(16 * logits)}; generation KV cache {_size(kv)}"]
     if quantized_under_bf16(spec):
