@@ -76,7 +76,7 @@ def build_frozen_model(spec: Spec, device: torch.device, value_head: bool = Fals
     model.requires_grad_(False)
     if device.type != "meta":
         materialize(model, device)
-    model.eval()
+    model.train(False)  # eval mode: dropout off, as a frozen reference loads
     return model
 
 

@@ -8,7 +8,7 @@ hiyouga/LLaMA-Factory@v0.9.5 src/llamafactory/train/ppo/ and huggingface/trl@v0.
   trainer_utils.py:158-173; `full`: a frozen model with a value head; `api`: none);
 - trainer.py:99-117: mini-batches of B, `batch_size = B x GA x ppo_buffer_size`; :176 every
   forward but generation under `torch.autocast(device.type)`: fp16 on CUDA, whatever `bf16` says;
-- trainer.py:245-269, :350-419: for each chunk of B prompts, `model.eval()`, generate (no
+- trainer.py:245-269, :350-419: for each chunk of B prompts, eval mode, generate (no
   autocast), the reward forward (replace_model -> the "reward" adapter), then
   `PPOTrainer.step` (trl ppo_trainer.py:647-890): no-grad forwards of the policy and the
   reference over the rollouts, then mini-batches with the graph; LLaMA-Factory's
@@ -114,7 +114,7 @@ def train_step(spec: Spec, model: nn.Module, batch: dict, optimizer: torch.optim
 def rollout(model: nn.Module, batch: dict, spec: Spec) -> dict[str, torch.Tensor]:
     """One chunk of B prompts: responses, scores, the policy's and the reference's logprobs and
     values (all without the graph), rewards and advantages."""
-    model.eval()
+    model.train(False)  # eval mode, as LLaMA-Factory sets it before generating
     with torch.no_grad():
         with phase("generation"):
             response = generate(model, batch["input_ids"], batch["attention_mask"],
