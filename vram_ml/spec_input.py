@@ -46,13 +46,22 @@ class SpecInput:
         }
 
 
-def spec_input_from_fields(fields: dict[str, Any], source: str = "flags") -> SpecInput:
-    """Build the spec from Spec fields (the rest take LLaMA-Factory's defaults, reported).
+def spec_input_from_fields(fields: dict[str, Any], source: str = "flags",
+                           launch: dict[str, Any] | None = None,
+                           read_files: bool = False) -> SpecInput:
+    """Build the spec from Spec fields (the rest take LLaMA-Factory's defaults, reported);
+    `launch` may name a DeepSpeed JSON (`deepspeed`) or an accelerate config
+    (`accelerate_config`), whose settings the fields override.
 
     Raises:
         SpecError: an invalid configuration, one line naming the field.
     """
-    spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
-                               spec.transformers_version)
-    return SpecInput(spec, source, assumed)
+    from vram_ml.launch_configs import read_launch_configs
+
+    read = read_launch_configs({}, fields, {**fields, **(launch or {})}, None, read_files)
+    given = {**read.fields, **fields}
+    spec = build_spec(**given)
+    assumed = assumed_defaults(given, spec.resolved_model.shape.is_multimodal,
+                               spec.transformers_version, spec)
+    assumed.update(read.assumed)
+    return SpecInput(spec, source, assumed, unmodelled=read.unmodelled)
