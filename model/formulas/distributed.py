@@ -168,16 +168,17 @@ def retained_layers(spec: Spec, counts: Counts) -> int:
 
 
 def distributed_terms(spec: Spec, counts: Counts, dt_bytes: int, hidden: int,
-                      host_states: int) -> DistributedTerms:
-    """The distributed terms of `spec`; `dt_bytes` = bytes per gathered / bucket element (the
-    module's half dtype), `host_states` = the per-GPU bytes an offload moves to the CPU."""
+                      host_states: int, grad_bytes: int | None = None) -> DistributedTerms:
+    """The distributed terms of `spec`; `dt_bytes` = bytes per gathered element (the module's
+    half dtype), `grad_bytes` per gradient-bucket element (the trainable dtype; DeepSpeed's is
+    the module's half dtype), `host_states` = the per-GPU bytes an offload moves to the CPU."""
     plan = layout(spec)
     nccl = nccl_bytes(spec)
     host = host_states * (spec.num_gpus // spec.num_nodes)
     if plan.kind == "ddp":
         # torch DDP, gradient_as_bucket_view=False (accelerate's default): a bucket copy of
         # every gradient (torch/nn/parallel/distributed.py:731-736)
-        bucket = counts.trainable * dt_bytes
+        bucket = counts.trainable * (grad_bytes or dt_bytes)
         return DistributedTerms(resident=bucket, nccl=nccl,
                                 terms=(("DDP gradient buckets", bucket), ("NCCL", nccl)))
     if plan.kind == "deepspeed":
@@ -212,7 +213,8 @@ def _deepspeed(spec: Spec, plan: Layout, counts: Counts, b: int, hidden: int, nc
     # ZeRO-3: persistent parameters, the reduce bucket, what the trace keeps gathered
     layers = retained_layers(spec, counts)
     prefetch = min(zero["prefetch"], spec.zero_max_live_parameters) * b
-    retained = counts.head_gathered_bytes + layers * counts.layer_gathered_bytes
+    head = counts.head_gathered_bytes if spec.zero_max_reuse_distance > 0 else 0  # used twice
+    retained = head + layers * counts.layer_gathered_bytes
     forward = min(counts.gathered_bytes, retained + prefetch)
     backward = min(counts.gathered_bytes, layers * counts.layer_gathered_bytes
                    + counts.leaf_gathered_bytes + prefetch) + counts.trainable_layer_bytes

@@ -349,7 +349,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
 
     host = host_bytes(plan, weights + adapter_params * dt.trainable, states, params, dt)
     terms = distributed_terms(spec, param_counts(spec, shape, dt, weights, trainable, quantized),
-                              dt.gather, shape.hidden_size, host)
+                              dt.gather, shape.hidden_size, host, dt.trainable)
     zero3 = plan.kind == "deepspeed" and spec.zero_stage == 3
     return ModelStates(
         weights=on_gpu * weights // shard_w,
