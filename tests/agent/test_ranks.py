@@ -135,3 +135,21 @@ def test_two_gpus_under_torchrun(tmp_path, fields):
           f"context {m.cuda_context_bytes}")
     assert m.status == "ok", m.message
     assert m.cuda_context_bytes > 0 and m.total_vram_bytes >= 2 * m.peak_reserved_bytes
+
+
+def test_each_gpus_peak_is_logged_as_a_tag_and_read_back(tmp_path, tiny_specs, make_sample):
+    """per_gpu_peak_vram is JSON text: an MLflow tag (a metric must be a float), read back as is."""
+    from dataclasses import replace
+
+    from vram_ml.agent.tracking import Tracking, run_to_row, sample_to_run
+
+    sample = make_sample(tiny_specs[0])
+    sample = replace(sample, measurement=replace(
+        sample.measurement, total_vram_bytes=3000, per_gpu_peak_vram="[1500, 1500]"))
+    _, metrics, tags = sample_to_run(sample)
+    assert "per_gpu_peak_vram" not in metrics and tags["per_gpu_peak_vram"] == "[1500, 1500]"
+    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db", "ranks-test")
+    assert tracking.log(sample).outcome == "logged"
+    (row,) = [run_to_row(run) for run in tracking.finished_runs()]
+    assert json.loads(row["per_gpu_peak_vram"]) == [1500, 1500]
+    assert row["total_vram_bytes"] == 3000
