@@ -120,10 +120,10 @@ def _measure_cpu_rank(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -
                 batch = make_batch(spec, model, device)
                 wrapped = wrap(spec, model, device)
         finally:
-            peaks.setup_allocated = setup.peak.peak_allocated_cuda_bytes
-            peaks.setup_reserved = setup.peak.peak_reserved_cuda_bytes
+            peaks.setup_allocated = setup.peak.peak_allocated_bytes
+            peaks.setup_reserved = setup.peak.peak_reserved_bytes
         start = time.perf_counter()
         peak = tracked_distributed_steps(spec, wrapped, batch, steps, _hook(fail_at_step))
         peaks.step_seconds.extend([(time.perf_counter() - start) / steps] * steps)
-        peaks.allocated = peak.peak_allocated_cuda_bytes
-        peaks.reserved = peak.peak_reserved_cuda_bytes
+        peaks.allocated = peak.peak_allocated_bytes
+        peaks.reserved = peak.peak_reserved_bytes

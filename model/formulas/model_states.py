@@ -13,6 +13,14 @@ from math import ceil
 from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.distributed import DistributedTerms, distributed_terms, layout
+from vram_ml.model.formulas.parameters import (
+    Tensors,
+    adapter_tensors,
+    base_trainable_tensors,
+    numel,
+    projector_tensors,
+    vision_linear_tensors,
+)
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -32,7 +40,6 @@ BNB_8BIT_BLOCKSIZE = 256
 # elements go to CUDA managed memory; smaller ones, and 8-bit absmax, stay in PyTorch's allocator.
 BNB_PAGED_MIN_SIZE = 100_000
 
-Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector of `rows`
 
 
 @dataclass(frozen=True)
@@ -107,37 +114,7 @@ class Dtypes:
         return self
 
 
-# --- parameters -------------------------------------------------------------------------------
-
-
-def numel(tensors: Tensors) -> int:
-    return sum(rows * max(cols, 1) * count for rows, cols, count in tensors)
-
-
-def vision_linears(shape: ModelShape) -> Tensors:
-    """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
-    v = shape.vision
-    mlp = 3 if v.kind == "qwen2_5_vl" else 2
-    return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
-            (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]
-
-
-def _vision_tensors(shape: ModelShape) -> Tensors:
-    linear = vision_linears(shape)
-    rest = shape.vision.tower_params - numel(linear)
-    return linear + [(rest, 0, 1)] if rest > 0 else [(shape.vision.tower_params, 0, 1)]
-
-
-def _projector_tensors(shape: ModelShape) -> Tensors:
-    """The projector as one linear into the text hidden size (exact in parameter count)."""
-    hidden = shape.hidden_size
-    return [(hidden, shape.projector_params // hidden, 1)]
-
-
-def _layer_tensors(shape: ModelShape) -> Tensors:
-    tensors = [(lin.out_features, lin.in_features, lin.count) for lin in shape.layer_linears]
-    tensors += [(lin.out_features, 0, lin.count) for lin in shape.layer_linears if lin.bias]
-    return tensors + [(shape.layer_other_params, 0, 1)]
+# --- parameters (which train: parameters.py) ---------------------------------------------
 
 
 def layer_norm_params(shape: ModelShape) -> int:
@@ -157,7 +134,7 @@ def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
                  if lin.bias and not lin.fused)
     other = shape.num_layers * (fused + biases + shape.layer_other_params - per_layer)
     if shape.vision is not None:
-        other += shape.vision.tower_params - numel(vision_linears(shape))
+        other += shape.vision.tower_params - numel(vision_linear_tensors(shape))
     return {"norm": shape.num_layers * per_layer + shape.final_norm_params,
             "embedding": shape.embedding_params + shape.lm_head_params,
             "other": other + shape.extra_params}
@@ -173,50 +150,6 @@ def upcast_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
                for kind, params in frozen_kind_params(shape).items())
 
 
-def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
-    vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
-    hidden, tensors = shape.hidden_size, []
-    if spec.method == "full":
-        tensors = [(shape.embedding_params // hidden, hidden, 1),
-                   (shape.final_norm_params + shape.extra_params, 0, 1)]
-        tensors += [(t[0], t[1], t[2] * shape.num_layers) for t in _layer_tensors(shape)]
-        if shape.lm_head_params:
-            tensors.append((shape.lm_head_params // hidden, hidden, 1))
-    elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
-        tensors = [(t[0], t[1], t[2] * layers) for t in _layer_tensors(shape)]
-    if shape.vision is not None and spec.method in ("full", "freeze"):
-        tensors += _vision_tensors(shape) if spec.train_vision_tower else []
-        tensors += _projector_tensors(shape) if spec.train_projector else []
-    return tensors
-
-
-def _lora_pair(rank: int, in_features: int, out_features: int, count: int) -> Tensors:
-    return [(rank, in_features, count), (out_features, rank, count)]  # A: r x in, B: out x r
-
-
-def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """LoRA A and B per targeted linear of every decoder layer (peft LoraLayer); the vision tower
-    and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
-    if spec.method not in ("lora", "qlora"):
-        return []
-    rank, targets = spec.lora_rank, set(spec.target_modules)
-    tensors = []
-    for lin in shape.layer_linears:
-        if lin.name in targets and not lin.fused:
-            tensors += _lora_pair(rank, lin.in_features, lin.out_features,
-                                  lin.count * shape.num_layers)
-    if shape.vision is not None and spec.lora_target == ("all",):
-        if spec.train_vision_tower:
-            for rows, cols, count in vision_linears(shape):
-                tensors += _lora_pair(rank, cols, rows, count)
-        if spec.train_projector:
-            tensors += _lora_pair(rank, shape.projector_params // shape.hidden_size,
-                                  shape.hidden_size, 1)
-    return tensors
-
-
 def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     """What transformers' bitsandbytes integration quantizes: every nn.Linear but the output head
     (get_keys_to_not_convert), so the vision tower and projector too; fused experts are not
@@ -226,7 +159,7 @@ def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
                for lin in shape.layer_linears if not lin.fused]
     if shape.vision is not None:
-        tensors += vision_linears(shape) + _projector_tensors(shape)
+        tensors += vision_linear_tensors(shape) + projector_tensors(shape)[:1]
     return tensors
 
 
@@ -250,33 +183,51 @@ def quantization_constant_bytes(spec: Spec, tensors: Tensors) -> int:
 # --- optimizer --------------------------------------------------------------------------------
 
 
-def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
-    """(states, step temporaries) of `optimizer` over the trainable tensors.
+# Optimizer -> (states per parameter, how each is stored): "param" in the parameter's dtype
+# (torch, zeros_like), "fp32", "bnb8" (bitsandbytes blockwise uint8 + an fp32 absmax per 256, fp32
+# below min_8bit_size elements), "factored" (Adafactor), "none". AdamW / AdEMAMix (bitsandbytes
+# keeps its fast and slow EMAs in one double buffer) / Lion / RMSprop / Adagrad, as built by
+# transformers 5.24 trainer_optimizer.py (SGD and RMSprop with momentum 0, RMSprop not centered).
+OPTIMIZER_STATES: dict[str, tuple[int, str]] = {
+    "adamw_torch": (2, "param"), "adamw_torch_fused": (2, "param"),
+    "adamw_8bit": (2, "bnb8"), "paged_adamw_8bit": (2, "bnb8"), "paged_adamw_32bit": (2, "fp32"),
+    "lion_8bit": (1, "bnb8"), "paged_lion_8bit": (1, "bnb8"),
+    "lion_32bit": (1, "fp32"), "paged_lion_32bit": (1, "fp32"),
+    "ademamix_8bit": (3, "bnb8"), "paged_ademamix_8bit": (3, "bnb8"),
+    "ademamix": (3, "fp32"), "paged_ademamix_32bit": (3, "fp32"),
+    "rmsprop": (1, "param"), "rmsprop_bnb_8bit": (1, "bnb8"), "rmsprop_bnb_32bit": (1, "fp32"),
+    "adagrad": (1, "param"), "sgd": (0, "none"), "adafactor": (1, "factored"),
+}
+# torch optimizers whose CUDA default (`foreach`) makes one full copy of a state per step
+# (_foreach_sqrt of exp_avg_sq / square_avg / state_sum); fused AdamW makes none.
+FOREACH_COPY_OPTIMIZERS = frozenset({"adamw_torch", "rmsprop", "adagrad"})
 
-    AdamW (torch, zeros_like(param)): exp_avg + exp_avg_sq in the parameter's dtype; `foreach`
-    (HF's adamw_torch on CUDA) makes one more full copy (_foreach_sqrt of exp_avg_sq), fused none.
-    bitsandbytes 8-bit: 2 uint8 states + fp32 absmax per 256 (fp32 states for small tensors);
-    32-bit paged: 2 fp32 states. SGD (momentum 0, HF's default): none. Adafactor (HF, beta1 None):
-    fp32 row + column factors per matrix, a full fp32 state per vector; its step works one
-    parameter at a time with ~2 fp32 temporaries of it (update, grad**2).
+
+def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
+    """(states, step temporaries) of `optimizer` over the trainable tensors (OPTIMIZER_STATES).
+
+    Adafactor (HF, beta1 None): fp32 row + column factors per matrix, a full fp32 state per
+    vector; its step works one parameter at a time with ~2 fp32 temporaries of it (update,
+    grad**2). `foreach` torch optimizers: one state-sized copy (FOREACH_COPY_OPTIMIZERS).
     """
+    count_per, kind = OPTIMIZER_STATES[optimizer]
     states = temporaries = 0
     for rows, cols, count in tensors:
         size = rows * max(cols, 1)
-        if optimizer in ("adamw_torch", "adamw_torch_fused"):
-            per = 2 * size * state_bytes
-        elif optimizer == "paged_adamw_32bit":
-            per = 8 * size
-        elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-            per = (2 * size + 8 * ceil(size / BNB_8BIT_BLOCKSIZE)
-                   if size >= BNB_8BIT_MIN_SIZE else 8 * size)
-        elif optimizer == "adafactor":
+        if kind == "param":
+            per = size * state_bytes
+        elif kind == "bnb8":
+            per = (size + 4 * ceil(size / BNB_8BIT_BLOCKSIZE)
+                   if size >= BNB_8BIT_MIN_SIZE else 4 * size)
+        elif kind == "fp32":
+            per = 4 * size
+        elif kind == "factored":
             per = (rows + cols) * 4 if cols else size * 4
             temporaries = max(temporaries, 2 * size * 4)
-        else:  # sgd
+        else:
             per = 0
-        states += per * count
-    if optimizer == "adamw_torch":
+        states += count_per * per * count
+    if optimizer in FOREACH_COPY_OPTIMIZERS:
         temporaries = numel(tensors) * state_bytes
     return states, temporaries
 
@@ -286,7 +237,10 @@ def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
     (8-bit) or fp32 (32-bit) states of tensors of at least BNB_PAGED_MIN_SIZE elements, the rest
     of `optimizer_bytes` being in the caching allocator (vram_ml/sample.py: the target counts
     the two separately, the measurement reads them separately)."""
-    per_element = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    if not optimizer.startswith("paged_"):
+        return 0
+    count_per, kind = OPTIMIZER_STATES[optimizer]  # paged AdamW, Lion, AdEMAMix: 8 or 32 bit
+    per_element = count_per * (1 if kind == "bnb8" else 4)
     return sum(per_element * rows * max(cols, 1) * count for rows, cols, count in tensors
                if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
 

@@ -23,22 +23,20 @@ if TYPE_CHECKING:
 
 
 def image_token_count(config: Any, spec: Spec) -> int:
-    """Tokens one image adds to the sequence (after the processor's resize)."""
-    vision = config.vision_config
-    if config.model_type == "llava":
-        patches = (vision.image_size // vision.patch_size) ** 2
-        full = getattr(config, "vision_feature_select_strategy", "default") == "full"
-        return patches + 1 if full else patches
-    grid_h, grid_w = qwen2_vl_grid(config, spec)
-    return grid_h * grid_w // vision.spatial_merge_size**2
+    """Image-token ids one image puts in the sequence: the formulas' one definition
+    (vram_ml.model.formulas.vision.image_geometry); the model refuses a batch where they differ
+    from the features its tower makes."""
+    from vram_ml.model.formulas.vision import image_geometry
+
+    return image_geometry(spec).placeholder_tokens
 
 
 def qwen2_vl_grid(config: Any, spec: Spec) -> tuple[int, int]:
     """Patch grid of a square `image_resolution` image after Qwen2-VL's smart resize."""
-    vision = config.vision_config
-    factor = vision.patch_size * vision.spatial_merge_size
-    side = max(factor, round(spec.image_resolution / factor) * factor)
-    return side // vision.patch_size, side // vision.patch_size
+    from vram_ml.model.formulas.vision import image_geometry
+
+    grid = image_geometry(spec).grid
+    return grid, grid
 
 
 def make_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu") -> dict:

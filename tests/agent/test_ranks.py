@@ -79,7 +79,7 @@ def test_one_rank_on_real_tensors_is_what_simulate_counts_on_fake_ones():
                                              2)
     finally:
         dist.destroy_process_group()
-    assert real.peak_allocated_cuda_bytes == fake.peak_allocated_cuda_bytes
+    assert real.peak_allocated_bytes == fake.peak_allocated_bytes
     assert real.peak_tensor_bytes == fake.peak_tensor_bytes
     # FSDP shards: rank 0 holds half the weights of one GPU's run
     single = simulate_step(build_spec(**{**spec.model_dump(), "num_gpus": 1,
@@ -106,7 +106,7 @@ def test_two_gloo_processes_rehearse_the_multi_gpu_path(tmp_path, fields):
     if fields is FSDP2:  # the rehearsal counts what simulate counts for rank 0
         from vram_ml.model.simulate.step import simulate_step
 
-        assert m.peak_allocated_bytes == simulate_step(spec, steps=2).peak.peak_allocated_cuda_bytes
+        assert m.peak_allocated_bytes == simulate_step(spec, steps=2).peak.peak_allocated_bytes
 
 
 @pytest.mark.slow

@@ -3,11 +3,18 @@
 - shape.py: the dataclasses every estimator reads (ModelShape, LinearShape, VisionShape);
 - registry.py: model_type -> builder, and `shape_from_config`;
 - decoders.py, vision.py: the builders, one per family of model_types; importing them registers
-  them. Imports run one way (this package -> builders -> registry -> shape), with no cycle.
+  them. Imports run one way (this package -> builders -> registry -> shape), with no cycle;
+- remote_code.py: models that exist only as remote code (Qwen v1 / Qwen-VL, ChatGLM / GLM-4),
+  shapes from their own modeling files; `REMOTE_CODE_MODEL_TYPES` is what the recipe refuses.
 """
 
-from vram_ml.architectures import decoders, vision  # noqa: F401 - registers the builders
+from vram_ml.architectures import decoders, remote_code, vision  # noqa: F401 - registers builders
 from vram_ml.architectures.registry import register, shape_from_config, supported_model_types
+from vram_ml.architectures.remote_code import (
+    REMOTE_CODE_MODEL_TYPES,
+    remote_code_family,
+    remote_code_refusal,
+)
 from vram_ml.architectures.shape import (
     LinearShape,
     ModelShape,
@@ -16,6 +23,7 @@ from vram_ml.architectures.shape import (
 )
 
 __all__ = [
-    "LinearShape", "ModelShape", "UnsupportedArchitecture", "VisionShape", "register",
-    "shape_from_config", "supported_model_types",
+    "REMOTE_CODE_MODEL_TYPES", "LinearShape", "ModelShape", "UnsupportedArchitecture",
+    "VisionShape", "register", "remote_code_family", "remote_code_refusal", "shape_from_config",
+    "supported_model_types",
 ]

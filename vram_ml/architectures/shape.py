@@ -56,6 +56,10 @@ class VisionShape:
     # differs from the tokens it adds (LLaVA: 577 with CLS; Idefics3: 729 before pixel shuffle;
     # Mllama: 4 tiles x 1601, fed to cross-attention, not to the sequence)
     encoder_tokens_per_image: int | None = None
+    # One block of the tower: its nn.Linear modules (what LoRA targets in a tower that is not
+    # frozen) and all its parameters (what `freeze` trains of a block whose index it trains)
+    layer_linears: tuple[LinearShape, ...] = ()
+    layer_params: int = 0
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,14 @@ def spec_fields() -> set[str]:
     return set(Spec.model_fields)
 
 
-def map_rows(rows: list[dict[str, Any]]) -> None:
-    """Fill spec, spec_id, mapping, unmapped_reason (and the mapping's assumptions) in place."""
+def map_rows(rows: list[dict[str, Any]], context: list[dict[str, Any]] | None = None) -> None:
+    """Fill spec, spec_id, mapping, unmapped_reason (and the mapping's assumptions) in place;
+    `context`: the whole table, where rows are remapped on their own (library pins are a
+    source-wide fact, mapping_versions.py)."""
     from vram_ml.published.mapping_runs import reader_for
+    from vram_ml.published.mapping_versions import fill_missing_versions
 
+    fill_missing_versions(rows, context)
     by_row_key = {(row["source"], row.get("_row_key")): row for row in rows if row.get("_row_key")}
     for row in rows:
         run = json.loads(row["run"])
@@ -81,7 +85,8 @@ def map_rows(rows: list[dict[str, Any]]) -> None:
                                     + " (relabelled in a later version): not counted twice")
         apply_request(row, request, run)
     for row in rows:
-        row.pop("_row_key", None)
+        for key in [key for key in row if key.startswith("_")]:
+            row.pop(key)
 
 
 def apply_request(row: dict[str, Any], request: SpecRequest, run: dict[str, Any]) -> None:

@@ -56,9 +56,14 @@ def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str |
     if framework_note:
         request.assumptions.append(f"framework={framework}: {framework_note}")
     for library in VERSION_FIELDS:
-        version = exact_version(row.get(f"{library}_version"))
+        version = (exact_version(row.get(f"{library}_version"))
+                   or exact_version(row.get(f"_assumed_{library}_version")))
         if version:
             request.wanted[f"{library}_version"] = version
+    if row.get("_version_assumption"):
+        request.assumptions.append(row["_version_assumption"])
+    if row.get("_version_blocker"):
+        request.block(row["_version_blocker"])
     request.wanted["stage"] = "sft"
     gpus = as_int(run.get("num_gpus")) or as_int(row.get("gpu_count"))
     if gpus is None:
@@ -105,8 +110,11 @@ def _deepspeed_fields(request: SpecRequest, stack: dict[str, Any], run: dict[str
     from vram_ml.spec import SpecError
 
     stage = as_int(stack.get("zero_stage"))
+    if stage is None:  # DeepSpeed's default (0) would be a guess at another run
+        request.block("DeepSpeed run whose ZeRO stage the source does not state")
+        return
     offload = _offloads(stack, "") or ""
-    zero: dict[str, Any] = {"stage": stage if stage is not None else 0}
+    zero: dict[str, Any] = {"stage": stage}
     for word, key in (("optimizer", "offload_optimizer"), ("params", "offload_param")):
         if word in offload:
             zero[key] = {"device": "cpu"}
@@ -117,9 +125,8 @@ def _deepspeed_fields(request: SpecRequest, stack: dict[str, Any], run: dict[str
     except SpecError as error:
         request.block(str(error))
         return
-    why = "" if stage is not None else "ZeRO stage not stated: DeepSpeed's default 0"
     for name, value in read.fields.items():
-        request.set(name, value, why if name == "zero_stage" and why else None)
+        request.set(name, value)
     if any(key in stack for key in ("zero_stage", "offload_optimizer_device")):
         request.assumptions.append("DeepSpeed bucket sizes not stated: DeepSpeed 0.18.9's defaults "
                                    "(reduce_bucket_size 5e8, stage3 prefetch 5e7, persistence "
@@ -159,13 +166,28 @@ def lora_targets(request: SpecRequest, model: str | None, targets: Any) -> None:
     if entry is not None:
         from vram_ml.model_source import resolve_model
 
-        linear = set(resolve_model(entry.hf_id).shape.linear_names)
-        kept = [name for name in names if name in linear]
-        if kept and len(kept) < len(names):
+        linear = resolve_model(entry.hf_id).shape.linear_names
+        matched = {name: peft_matches(name, linear) for name in names}
+        kept = list(dict.fromkeys(m for name in names for m in matched[name]))
+        absent = [name for name in names if not matched[name]]
+        if kept and absent:
             request.set("lora_target", kept, f"peft targets only the listed names the model has "
-                        f"({', '.join(n for n in names if n not in linear)} absent)")
+                        f"({', '.join(absent)} absent)")
+            return
+        widened = {name: found for name, found in matched.items() if found != [name]}
+        if kept and widened:
+            request.set("lora_target", kept, "peft matches a target name as a suffix of the "
+                        "module path: " + "; ".join(f"{name} -> {', '.join(found)}"
+                                                    for name, found in widened.items()))
             return
     request.set("lora_target", names)
+
+
+def peft_matches(target: str, linear_names: tuple[str, ...]) -> list[str]:
+    """The decoder-layer linears a peft target name reaches: the same name, or a name that ends
+    with "." + target (peft's check_target_module_exists: key == target or key ends with
+    "." + target), e.g. Qwen's `c_proj` -> attn.c_proj and mlp.c_proj."""
+    return [name for name in linear_names if name == target or name.endswith("." + target)]
 
 
 def adamw(request: SpecRequest, optimizer: Any) -> None:
@@ -205,7 +227,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
     if run.get("trainable_embeddings"):
         request.block("trainable embeddings and lm_head (modules_to_save): not in the Spec")
     if run.get("trainable_vision"):
-        request.set("train_vision_tower", True)
+        request.set("freeze_vision_tower", False)
     for name in ("images_per_sample", "image_resolution"):
         if as_int(run.get(name)) is not None:
             request.set(name, as_int(run[name]))
@@ -215,6 +237,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
         request.stated("lora_rank", as_int(run.get("lora_rank")))
         if run.get("lora_alpha") is not None:
             request.stated("lora_alpha", as_int(run.get("lora_alpha")))
+        request.stated("lora_dropout", as_float(run.get("lora_dropout")))
         target = run.get("lora_target")
         if isinstance(target, str) and not target.strip().startswith("[") and (
                 "\\" in target or "(" in target):

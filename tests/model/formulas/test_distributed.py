@@ -163,10 +163,17 @@ def test_single_gpu_specs_keep_their_ids():
 
 
 def test_fit_proposes_zero3_on_the_fewest_gpus_or_offload():
+    """More hardware comes with a change of method, after the changes within the method: at 80
+    GiB pure_bf16 alone fits; at 40 GiB nothing within full fine-tuning does."""
     full = spec(method="full", batch_size=1)
-    report = find_fit(full, int(80 * GIB))
+    within = find_fit(full, int(80 * GIB))
+    assert within.changes and not any("DeepSpeed" in c.description for c in within.changes)
+    report = find_fit(full, int(40 * GIB))
     proposals = [change.description for change in report.changes]
     more_gpus = [text for text in proposals if text.startswith("DeepSpeed ZeRO-3 on")]
-    assert len(more_gpus) == 1 and "4 GPUs" in more_gpus[0]
+    assert more_gpus == ["DeepSpeed ZeRO-3 on 8 GPUs"]  # the fewest that fit: 4 do not
+    four = AnalyticalEstimator().estimate(spec(method="full", batch_size=1, num_gpus=4,
+                                               distributed="deepspeed", zero_stage=3))
+    assert four.upper_vram_bytes > 40 * GIB
     offload = next(c for c in report.changes if "CPU offload" in c.description)
     assert "GiB per node" in offload.cost and offload.fits
