@@ -213,8 +213,10 @@ def _weight_shards(spec: Spec) -> int:
     return layout(spec).weight_shards
 
 
-def analyse(spec: Spec) -> Analysis:
-    """Every term of the analytical model for `spec`, and when each is alive."""
+def analyse(spec: Spec, training_only: bool = False) -> Analysis:
+    """Every term of the analytical model for `spec`, and when each is alive; `training_only`:
+    the peak over the training moments (`load` left out), what a peak read after
+    torch.cuda.reset_peak_memory_stats once the model is loaded measures."""
     given, rules = spec, StackRules.of(spec)
     padded = rules.padded_seq_len(spec.seq_len)
     if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
@@ -274,7 +276,8 @@ def analyse(spec: Spec) -> Analysis:
         if moment in ("head_backward", "layer_backward", "backward_end", "optimizer_step"):
             moments[moment]["gradients"] += shared.gradient_partition  # ZeRO-1/2's buffer
     totals = {name: sum(parts.values()) for name, parts in moments.items()}
-    peak_moment = max(MOMENTS, key=lambda name: totals[name])
+    counted = [name for name in MOMENTS if not (training_only and name == "load")]
+    peak_moment = max(counted, key=lambda name: totals[name])
     tensors = totals[peak_moment]
     allocated = tensors + CUBLAS_WORKSPACE_BYTES
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))

@@ -177,3 +177,14 @@ def test_fit_proposes_zero3_on_the_fewest_gpus_or_offload():
     assert four.upper_vram_bytes > 40 * GIB
     offload = next(c for c in report.changes if "CPU offload" in c.description)
     assert "GiB per node" in offload.cost and offload.fits
+
+
+def test_a_peak_read_after_loading_leaves_the_load_moment_out():
+    """QLoRA under ZeRO-3 + offload holds the 4-bit model whole before sharding it: its peak is
+    at load; a peak reset once the model is loaded (fsdp_qlora's train.py) is the training one."""
+    qlora = spec(method="qlora", quant_bits=4, batch_size=1, num_gpus=4, distributed="deepspeed",
+                 zero_stage=3, offload="optimizer+params")
+    whole, training = analyse(qlora), analyse(qlora, training_only=True)
+    assert whole.peak_moment == "load" and training.peak_moment != "load"
+    assert training.peak_vram_bytes < whole.peak_vram_bytes
+    assert training.moments == whole.moments
