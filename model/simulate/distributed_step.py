@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.recipe.distributed import Wrapped, run_distributed_steps
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+from vram_ml.model.simulate.allocator import CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.step import register_state
 from vram_ml.model.simulate.tracker import LiveStorageTracker, Peak
