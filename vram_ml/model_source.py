@@ -6,9 +6,11 @@ Three kinds, tried in this order:
 3. hub: any other `owner/name` id, fetched with transformers' `AutoConfig` when the hub is
    reachable (never with `trust_remote_code`); a clear error offline.
 
-Catalog files are small JSON: {"hf_id", "family", "aliases", "config": {the real config.json's
-numbers}}. `model_overrides` (dotted keys for nested configs, e.g. `text_config.num_hidden_layers`)
-turn a real config into a scaled-down variant, which is how the agent covers many shapes cheaply.
+Catalog files are small JSON: {"hf_id", "family", "aliases", "source", "config": {the real
+config.json's numbers}}; `source` names where the config was copied from (repo@commit:path) and
+`source_note` any edit made to it. `model_overrides` (dotted keys for nested configs, e.g.
+`text_config.num_hidden_layers`) turn a real config into a scaled-down variant, which is how the
+agent covers many shapes cheaply.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vram_ml.architectures import ModelShape, UnsupportedArchitecture, shape_from_config
+from vram_ml.architectures import (
+    IncompleteConfig,
+    ModelShape,
+    UnsupportedArchitecture,
+    check_size_keys,
+    shape_from_config,
+)
 
 CATALOG_PACKAGE = "vram_ml.catalog"
 MAX_CONFIG_BYTES = 1_000_000  # a real config.json is a few KB; refuse to read anything large
@@ -40,6 +48,7 @@ class CatalogEntry:
     family: str
     aliases: tuple[str, ...]
     config: dict[str, Any]
+    source: str = ""  # repo@commit:path of the copied config.json ("" for the first catalog)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ def load_catalog() -> dict[str, CatalogEntry]:
             family=raw["family"],
             aliases=tuple(raw.get("aliases", ())),
             config=raw["config"],
+            source=raw.get("source", ""),
         )
         entries[entry.hf_id] = entry
     return entries
@@ -107,8 +117,9 @@ def resolve_model(source: str, overrides: dict[str, Any] | None = None) -> Resol
         name, family = _config_name(config), config.get("model_type", "unknown")
     config = apply_overrides(config, overrides or {})
     try:
+        check_size_keys(config)
         shape = shape_from_config(config)
-    except UnsupportedArchitecture as error:
+    except (UnsupportedArchitecture, IncompleteConfig) as error:
         raise ModelSourceError(f"model {source!r}: {error}") from None
     except (KeyError, TypeError, ZeroDivisionError) as error:
         raise ModelSourceError(f"model {source!r}: config lacks or mangles field {error}") from None

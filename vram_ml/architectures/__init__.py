@@ -2,13 +2,29 @@
 
 - shape.py: the dataclasses every estimator reads (ModelShape, LinearShape, VisionShape);
 - registry.py: model_type -> builder, and `shape_from_config`;
-- decoders.py, vision.py: the builders, one per family of model_types; importing them registers
-  them. Imports run one way (this package -> builders -> registry -> shape), with no cycle.
+- decoders*.py (dense, MoE, MLA), vision*.py: the builders, one per family of model_types;
+  importing them registers them. Imports run one way (this package -> builders -> registry ->
+  shape), with no cycle.
 """
 
-from vram_ml.architectures import decoders, vision  # noqa: F401 - registers the builders
-from vram_ml.architectures.registry import register, shape_from_config, supported_model_types
+from vram_ml.architectures import (  # noqa: F401 - importing registers the builders
+    decoders,
+    decoders_dense,
+    decoders_mla,
+    decoders_moe,
+    vision,
+    vision_native,
+)
+from vram_ml.architectures.registry import (
+    IncompleteConfig,
+    check_size_keys,
+    register,
+    shape_from_config,
+    supported_model_types,
+)
 from vram_ml.architectures.shape import (
+    AttentionShape,
+    LayerVariant,
     LinearShape,
     ModelShape,
     UnsupportedArchitecture,
@@ -16,6 +32,7 @@ from vram_ml.architectures.shape import (
 )
 
 __all__ = [
-    "LinearShape", "ModelShape", "UnsupportedArchitecture", "VisionShape", "register",
-    "shape_from_config", "supported_model_types",
+    "AttentionShape", "IncompleteConfig", "LayerVariant", "LinearShape", "ModelShape",
+    "UnsupportedArchitecture", "VisionShape", "check_size_keys", "register", "shape_from_config",
+    "supported_model_types",
 ]

@@ -8,6 +8,7 @@ builds every catalog model on the meta device to hold us to that.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,39 @@ class LinearShape:
 
 
 @dataclass(frozen=True)
+class LayerVariant:
+    """Decoder layers built differently from the shape's main layer (`ModelShape.layer_linears`):
+    DeepSeek's and GLM-4.5's first dense layers, Llama 4 Maverick's dense layers between MoE ones.
+    Attention is the same in every layer; the MLP (and so the experts) differs."""
+
+    indices: tuple[int, ...]  # which decoder layers (0-based)
+    linears: tuple[LinearShape, ...]
+    other_params: int  # norms, router, biases outside linears: per layer
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What a decoder layer's attention keeps that the head counts alone do not say."""
+
+    # MLA (DeepSeek V2/V3): queries and keys have qk_head_dim per head, values v_head_dim; the
+    # latent K/V (kv_lora_rank) is expanded to every head before attention. 0: head_dim.
+    qk_head_dim: int = 0
+    v_head_dim: int = 0
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    # layers attending within a window (Gemma 3, gpt-oss, OLMo 3) or a chunk (Llama 4), and its size
+    sliding_layers: int = 0
+    sliding_window: int = 0
+    sinks: bool = False  # gpt-oss: a learned sink logit per head, concatenated to the scores
+    sdpa: bool = True  # transformers has an SDPA path (gpt-oss does not: `sdpa` runs eager)
+    # per-head q/k norms (`head`: Qwen3, Gemma 3, GLM-4.5) or over all heads (`full`: OLMo 2,
+    # MiniMax-M2); they keep fp32 copies of q and k
+    qk_norm: str = ""
+
+
+@dataclass(frozen=True)
 class VisionShape:
     """A vision tower and its projector (VLMs only)."""
 
@@ -56,6 +90,15 @@ class VisionShape:
     # differs from the tokens it adds (LLaVA: 577 with CLS; Idefics3: 729 before pixel shuffle;
     # Mllama: 4 tiles x 1601, fed to cross-attention, not to the sequence)
     encoder_tokens_per_image: int | None = None
+    # One block of the tower: its nn.Linear modules (what LoRA targets in a tower that is not
+    # frozen) and all its parameters (what `freeze` trains of a block whose index it trains)
+    layer_linears: tuple[LinearShape, ...] = ()
+    layer_params: int = 0
+    # Per image and family: how the processor turns an image into tokens (see
+    # model/formulas/vision.image_geometry): `fixed` (CLIP, SigLIP, Gemma 3), `qwen` (smart resize
+    # to a multiple of patch x merge), `tiles` (Idefics3), `pixtral` (rows x (cols + 1))
+    image_rule: str = "fixed"
+    default_image_size: int = 0  # the processor's longest edge where it caps images (Pixtral)
 
 
 @dataclass(frozen=True)
@@ -82,6 +125,14 @@ class ModelShape:
     vision: VisionShape | None = None
     extra_params: int = 0  # anything else transformers builds (e.g. multimodal glue)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    layer_variants: tuple[LayerVariant, ...] = ()
+    attention: AttentionShape = field(default_factory=AttentionShape)
+    # parameters transformers creates in fp32 whatever the model's dtype (DeepSeek / GLM-4.5
+    # routers: `_keep_in_fp32_modules_strict`; gpt-oss norms: `_keep_in_fp32_modules`)
+    fp32_params: int = 0
+    # how routed experts run: `grouped` (fused 3-D experts through grouped_mm, top-k tokens per
+    # expert) or `all` (Llama 4: every expert runs over every token, scaled by its score)
+    moe_routing: str = "grouped"
 
     @property
     def layer_linear_params(self) -> int:
@@ -89,14 +140,34 @@ class ModelShape:
 
     @property
     def layer_params(self) -> int:
+        """Parameters of one main decoder layer (see `layer_groups` for the others)."""
         return self.layer_linear_params + self.layer_other_params
+
+    @property
+    def decoder_params(self) -> int:
+        """Parameters of all decoder layers."""
+        return sum(count * group.layer_params for count, group in self.layer_groups)
+
+    @property
+    def layer_groups(self) -> tuple[tuple[int, ModelShape], ...]:
+        """(layer count, a uniform view of the shape) per kind of decoder layer: the main layer
+        first, then each LayerVariant; a view's layer fields are that kind's. Estimators sum
+        per-layer terms over these."""
+        if not self.layer_variants:
+            return ((self.num_layers, self),)
+        return _layer_groups(self)
+
+    @property
+    def main_layer_indices(self) -> frozenset[int]:
+        taken = {index for variant in self.layer_variants for index in variant.indices}
+        return frozenset(set(range(self.num_layers)) - taken)
 
     @property
     def text_params(self) -> int:
         """Language model parameters: embeddings, all decoder layers, final norm, head."""
         return (
             self.embedding_params
-            + self.num_layers * self.layer_params
+            + self.decoder_params
             + self.final_norm_params
             + self.lm_head_params
         )
@@ -118,9 +189,32 @@ class ModelShape:
     def linear_names(self) -> tuple[str, ...]:
         """The nn.Linear modules of one decoder layer that LoRA can target (fused experts left out;
         a name shared by two modules, like GPTBigCode's two `c_proj`, appears once)."""
-        names = (linear.name for linear in self.layer_linears if not linear.fused)
+        linears = [*self.layer_linears,
+                   *(lin for variant in self.layer_variants for lin in variant.linears)]
+        names = (linear.name for linear in linears if not linear.fused)
         return tuple(dict.fromkeys(names))
 
     @property
     def is_multimodal(self) -> bool:
         return self.vision is not None
+
+
+_GROUPS: dict[int, tuple[ModelShape, tuple[tuple[int, ModelShape], ...]]] = {}
+
+
+def _layer_groups(shape: ModelShape) -> tuple[tuple[int, ModelShape], ...]:
+    """The uniform views of a shape with layer variants, made once per shape."""
+    cached = _GROUPS.get(id(shape))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    main = len(shape.main_layer_indices)
+    groups = [(main, dataclasses.replace(shape, layer_variants=()))] if main else []
+    for variant in shape.layer_variants:
+        groups.append((len(variant.indices), dataclasses.replace(
+            shape, layer_linears=variant.linears, layer_other_params=variant.other_params,
+            num_experts=variant.num_experts, num_experts_per_tok=variant.num_experts_per_tok,
+            layer_variants=())))
+    if len(_GROUPS) > 1024:
+        _GROUPS.clear()
+    _GROUPS[id(shape)] = (shape, tuple(groups))
+    return _GROUPS[id(shape)][1]
