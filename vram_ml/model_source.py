@@ -143,12 +143,26 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ModelSourceError(f"model_overrides: {dotted!r} must be a positive number")
         node[key] = value
+        if key == "num_hidden_layers":
+            _cut_per_layer_lists(node, int(value))
     return result
+
+
+# Per-layer lists a config may spell out; fewer layers keep the first ones (transformers checks
+# that `layer_types` has one entry per layer).
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+
+
+def _cut_per_layer_lists(node: dict[str, Any], layers: int) -> None:
+    for key in PER_LAYER_LISTS:
+        if isinstance(node.get(key), list) and len(node[key]) > layers:
+            node[key] = node[key][:layers]
 
 
 def _is_optional_numeric_key(key: str) -> bool:
     # Configs may omit these and rely on transformers' defaults; overriding them is still valid.
     return key in {
+        "pad_token_id",
         "head_dim",
         "num_key_value_heads",
         "intermediate_size",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas import experts
 from vram_ml.model.formulas.model_states import Dtypes, adapter_tensors, numel, vision_linears
 
 if TYPE_CHECKING:
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
 # transformers models whose norms are nn.LayerNorm (the rest use an RMSNorm that upcasts to fp32).
-LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm"})
-QK_NORM_TYPES = frozenset({"qwen3"})  # per-head RMSNorm on q and k (fp32 copies of both)
+LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm",
+                             "starcoder2"})
 # Liger's kernels (RMSNorm, SwiGLU, fused linear cross-entropy) patch these model types;
 # LLaMA-Factory ignores `enable_liger_kernel` for the others.
 LIGER_MODEL_TYPES = frozenset({
@@ -53,6 +54,15 @@ DEFAULT_DROPOUT = {"gpt_bigcode": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_
 # --- activations ------------------------------------------------------------------------------
 
 
+def attention_kind(spec: Spec, shape: ModelShape) -> str:
+    """The attention that runs: `spec.attention`, but SDPA (LLaMA-Factory's `flash_attn: auto`)
+    falls back to eager where transformers has no SDPA path (gpt-oss: `_supports_sdpa = False`,
+    its sinks)."""
+    if spec.attention == "sdpa" and not shape.attention.sdpa:
+        return "eager"
+    return spec.attention
+
+
 def liger_applies(spec: Spec) -> bool:
     return spec.liger_kernel and spec.resolved_model.shape.model_type in LIGER_MODEL_TYPES
 
@@ -64,6 +74,8 @@ def _role(lin: LinearShape, shape: ModelShape) -> str:
         if name in names:
             return role
     hidden, inter = shape.hidden_size, shape.intermediate_size
+    if lin.out_features == 1:  # Qwen2-MoE's shared_expert_gate reads the MLP's input
+        return "mlp_in"
     if lin.out_features != hidden:
         return "mlp_in" if lin.count > 1 or lin.out_features in (inter, 2 * inter) else "attn_in"
     return "mlp_out" if lin.count > 1 or lin.in_features == inter else "attn_out"
@@ -95,7 +107,7 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
     RMSNorm saves its input and the row rstd only.
     """
     hidden = shape.hidden_size
-    other = shape.layer_other_params - shape.num_experts * hidden  # Mixtral's router is there
+    other = shape.layer_other_params - shape.num_experts * hidden  # the router is there
     if shape.model_type in LAYERNORM_TYPES:
         width = 4 if dt.autocast else dt.hidden
         return hidden * width, max(1, other // (2 * hidden)), width
@@ -107,8 +119,9 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
 
 
 def _qk_norms(shape: ModelShape) -> int:
-    """Qwen3's per-head q/k RMSNorms keep fp32 copies of q and k, per token."""
-    if shape.model_type not in QK_NORM_TYPES:
+    """q/k norms (per head: Qwen3, Gemma 3; over all heads: OLMo 2, MiniMax-M2) keep fp32 copies
+    of q and k, per token."""
+    if not shape.attention.qk_norm:
         return 0
     return 4 * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
 
@@ -118,9 +131,11 @@ def dropout_rates(spec: Spec) -> tuple[float, float, float]:
     config = spec.resolved_model.config
     config = {**DEFAULT_DROPOUT.get(config.get("model_type"), {}), **config,
               **(config.get("text_config") or {})}
-    residual = config.get("resid_pdrop") or config.get("hidden_dropout") or 0.0
+    residual = (config.get("resid_pdrop") or config.get("hidden_dropout")
+                or config.get("residual_dropout") or 0.0)
     attention = config.get("attn_pdrop") or config.get("attention_dropout") or 0.0
-    return float(residual), float(config.get("embd_pdrop") or 0.0), float(attention)
+    embedding = config.get("embd_pdrop") or config.get("embedding_dropout") or 0.0
+    return float(residual), float(embedding), float(attention)
 
 
 def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:
@@ -131,8 +146,13 @@ def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:
     heads = shape.num_attention_heads
     q = heads * shape.head_dim
     kv = shape.num_key_value_heads * shape.head_dim
-    if spec.attention == "eager":
-        probs = 4 + (dt.compute if dt.compute < 4 else 0) + (1 if dropout_rates(spec)[2] else 0)
+    dropout = 1 if dropout_rates(spec)[2] else 0
+    if attention_kind(spec, shape) == "eager" and shape.attention.sinks:
+        # gpt-oss: a softmax in the compute dtype over the scores + one sink column, and the
+        # row max's int64 indices (modeling_gpt_oss.py eager_attention_forward)
+        return 3 * q * dt.compute + heads * (seq + 1) * (dt.compute + dropout) + heads * 8
+    if attention_kind(spec, shape) == "eager":
+        probs = 4 + (dt.compute if dt.compute < 4 else 0) + dropout
         return 3 * q * dt.compute + heads * seq * probs
     if shape.model_type in MATH_SDPA_TYPES and kv < q and spec.attention == "sdpa":
         return 3 * q * 4 + heads * seq * 4
@@ -152,16 +172,20 @@ def _mlp_groups(shape: ModelShape) -> list[tuple[int, bool, int, bool]]:
     return groups
 
 
-def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes) -> float:
+def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> float:
     """Per token: gated MLP keeps act input, act output, up (3 I; Liger's SwiGLU 2 I); plain MLP
-    the activation's saved input(s); experts x top-k, + the expert output (scaled by its routing
-    weight) + router logits, their fp32 copy and probabilities."""
+    the activation's saved input(s); routed experts what experts.py says."""
     total = 0
-    for inter, gated, per_token, expert in _mlp_groups(shape):
-        saved = (2 if liger_applies(spec) and not expert else 3) * dt.compute if gated else (
+    lora_experts = bool(experts.lora_expert_ranks(spec, shape))
+    for inter, gated, _, expert in _mlp_groups(shape):
+        if expert:  # LoRA on fused experts makes their weights need a gradient: inputs saved
+            total += experts.expert_saved_per_token(shape, inter, gated, dt,
+                                                    trainable or lora_experts)
+            continue
+        saved = (2 if liger_applies(spec) else 3) * dt.compute if gated else (
             activation_bytes(spec.resolved_model.config.get("hidden_act"), dt))
-        total += per_token * (saved * inter + (shape.hidden_size * dt.compute if expert else 0))
-    return total + shape.num_experts * (dt.compute + 8)
+        total += saved * inter
+    return total
 
 
 def activation_bytes(name: str | None, dt: Dtypes) -> int:
@@ -191,7 +215,7 @@ def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
     (autocast recasts an fp32 input per linear); frozen nn.Linear and 4-bit layers keep nothing,
     8-bit MatMul8bitLt keeps its input; LoRA keeps what `lora_input_bytes` says + lora_A's output.
     Linears of one role read one tensor, kept once; SDPA already keeps o_proj's input."""
-    targets = set(spec.target_modules) if spec.method in ("lora", "qlora") else set()
+    targets = experts.lora_linear_targets(spec, shape)
     lora_out = dt.compute if dt.autocast else dt.trainable
     total = 0
     for (role, expert), members in _layout(shape).items():
@@ -209,7 +233,7 @@ def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
                 keeps_x, copy = lora_input_bytes(x_bytes, dt, spec)
                 shared |= keeps_x
                 own += lin.in_features * copy + spec.lora_rank * lora_out
-        sdpa_out = role == "attn_out" and spec.attention != "eager"
+        sdpa_out = role == "attn_out" and attention_kind(spec, shape) != "eager"
         total += per_token * (own + (members[0].in_features * x_bytes
                                      if shared and not sdpa_out else 0))
     return total
@@ -225,7 +249,7 @@ def _layer_halves(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
     masks = 2 * shape.hidden_size if dropout_rates(spec)[0] else 0
     first = (one_norm + _qk_norms(shape) + _attention_core(spec, shape, dt, seq)
              + _linear_inputs(spec, shape, dt, trainable, norm_out, ("attn_in",)))
-    second = (one_norm * (norms - 1) + _mlp_activations(spec, shape, dt) + masks
+    second = (one_norm * (norms - 1) + _mlp_activations(spec, shape, dt, trainable) + masks
               + _linear_inputs(spec, shape, dt, trainable, norm_out,
                                ("attn_out", "mlp_in", "mlp_out")))
     return first, second
@@ -254,18 +278,30 @@ def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
     trainable weight a matmul reads gets a cached half copy, saved for backward by its op."""
     head = (shape.lm_head_params or shape.embedding_params) if spec.method == "full" else 0
     if spec.method == "full":
-        layers = shape.num_layers
+        groups = shape.layer_groups
     elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
+        groups = shape.groups_of_layers(range(shape.num_layers - spec.freeze_trainable_layers,
+                                              shape.num_layers))
     else:
         return numel(adapter_tensors(spec, shape)), 0
-    weights = layers * sum(lin.count * lin.in_features * lin.out_features
-                           for lin in shape.layer_linears)
+    weights = sum(count * lin.count * lin.in_features * lin.out_features
+                  for count, group in groups for lin in group.layer_linears)
     if shape.vision is not None and spec.train_vision_tower:
         weights += numel(vision_linears(shape))
     if shape.vision is not None and spec.train_projector:
         weights += shape.projector_params
     return weights + head, head
+
+
+def _lora_backward_transient(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Per token, LoRA's input-gradient path at the widest targeted linear: peft cast the input
+    to the adapter dtype (fp32) and autocast cast it back for lora_A, so backward makes the
+    input's gradient in the compute dtype and in fp32 (the cast's backward) at once."""
+    targets = experts.lora_linear_targets(spec, shape)
+    widths = [lin.in_features for lin in shape.layer_linears if lin.name in targets]
+    if not widths or dt.trainable == dt.compute:
+        return 0
+    return max(widths) * (dt.trainable + dt.compute)
 
 
 def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
@@ -277,12 +313,19 @@ def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int
     dk, dv, fp32 dq_accum, dk/dv expanded to all heads under GQA, fp32 softmax_d)."""
     heads, hd, kv = shape.num_attention_heads, shape.head_dim, shape.num_key_value_heads
     dt = dt.in_layer(trainable)
-    if spec.attention == "eager":
+    if attention_kind(spec, shape) == "eager" and shape.attention.sinks:
+        # the compute-dtype softmax's backward: its result and the incoming gradient, the
+        # gradient of the scores + sink, then of the scores alone
+        attention = heads * (seq + 1) * 3 * dt.compute
+    elif attention_kind(spec, shape) == "eager":
         attention = heads * seq * (12 - 4 - (dt.compute if dt.compute < 4 else 0))
     else:
         expanded = 2 * heads * hd * dt.compute if kv < heads else 0
         attention = (heads + 2 * kv) * hd * dt.compute + heads * hd * 4 + expanded + heads * 4
-    mlp = max((per * 2 * inter * dt.compute for inter, _, per, _ in _mlp_groups(shape)), default=0)
+    mlp = max([2 * inter * dt.compute for inter, _, _, expert in _mlp_groups(shape) if not expert]
+              + [experts.expert_transient_per_token(shape, dt),
+                 _lora_backward_transient(spec, shape, dt)
+                 + experts.pending_routed_gradient(shape, dt)])
     first, second = _layer_halves(spec, shape, dt, seq, trainable)
     if spec.gradient_checkpointing:  # the recomputed layer, then freed half by half
         worst = max(first + second + mlp, first + attention)

@@ -3,9 +3,11 @@
 Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
 (parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
 during part of a step. In steady state (step >= 2: optimizer states exist;
-`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of seven
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of eight
 moments:
 
+- `layer_forward` (MoE): resident + saved activations + what the last layer's routed experts
+  hold while they run (experts.py), before the logits exist.
 - `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
   for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
   half weight copies autocast caches for checkpointed layers (freed when forward returns).
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
-from vram_ml.model.formulas import vision
+from vram_ml.model.formulas import experts, vision
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, model_states
 
 if TYPE_CHECKING:
@@ -53,8 +55,8 @@ ALLOCATOR_FRAGMENTATION = 0.05
 # Upper bound = peak x (1 + UPPER_MARGIN): room for fragmentation and kernel workspaces beyond the
 # model, until GPU samples calibrate it. Lower bound = context + allocated peak (no fragmentation).
 UPPER_MARGIN = 0.15
-MOMENTS = ("forward_end", "loss_backward", "head_backward", "layer_backward", "backward_end",
-           "vision_forward", "optimizer_step")
+MOMENTS = ("layer_forward", "forward_end", "loss_backward", "head_backward", "layer_backward",
+           "backward_end", "vision_forward", "optimizer_step")
 
 
 # --- analytical: what is alive when -----------------------------------------------------------
@@ -122,23 +124,29 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
     """
     seq, hidden = spec.seq_len, shape.hidden_size
     if spec.gradient_checkpointing:
-        per_token = shape.num_layers * terms.checkpoint_kept_per_token(spec, shape, dt)
+        per_token = sum(count * terms.checkpoint_kept_per_token(spec, group, dt)
+                        for count, group in shape.layer_groups)
     elif spec.method == "freeze":
-        per_token = spec.freeze_trainable_layers * terms.layer_activation_per_token(
-            spec, shape, dt, seq, True)
+        last = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
+        per_token = sum(count * terms.layer_activation_per_token(spec, group, dt, seq, True)
+                        for count, group in shape.groups_of_layers(last))
     else:
-        per_token = shape.num_layers * terms.layer_activation_per_token(
-            spec, shape, dt, seq, spec.method == "full")
+        per_token = sum(count * terms.layer_activation_per_token(
+            spec, group, dt, seq, spec.method == "full") for count, group in shape.layer_groups)
     liger = terms.liger_applies(spec)
     per_token += hidden * (dt.hidden if liger else 4)
     if spec.method == "full" and not liger:
         per_token += 2 * hidden * dt.compute  # the norm's output (weight grad), lm_head's input
     per_token += 2 * shape.head_dim * dt.hidden
-    per_token += seq * dt.hidden if spec.attention == "eager" else 0
+    if terms.attention_kind(spec, shape) == "eager":  # the float mask, one per kind of layer
+        windowed = 0 < shape.attention.sliding_layers < shape.num_layers
+        per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
     cast, head = terms.autocast_weight_params(spec, shape) if dt.autocast else (0, 0)
     cast_saved = head if spec.gradient_checkpointing else cast
-    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec)
+    merged = 0 if spec.gradient_checkpointing else sum(
+        count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
+    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec) + merged
             + vision.vision_activation_bytes(spec, dt))
 
 
@@ -164,14 +172,19 @@ def analyse(spec: Spec) -> Analysis:
     activations = saved_activations(spec, shape, dt, tokens)
     loss_set, head_extra = logits_bytes(spec, tokens, dt)
     trainable_last = spec.method in ("full", "freeze")
-    layer_extra = int(tokens * terms.layer_backward_per_token(spec, shape, dt, spec.seq_len,
+    last = shape.last_layer
+    layer_extra = int(tokens * terms.layer_backward_per_token(spec, last, dt, spec.seq_len,
                                                               trainable_last))
+    layer_extra = experts.with_merged_expert_backward(spec, last, dt, tokens, layer_extra)
     resident = {
         "weights": states.weights, "quantization_constants": states.quantization_constants,
         "adapters": states.adapters, "optimizer": states.optimizer,
         "gradients": states.persistent_gradients + states.gradient_buffers,
     }
     moments = {
+        "layer_forward": {**resident, "activations": activations, "temporaries": int(
+            tokens * experts.expert_transient_per_token(last, dt)) + (
+            experts.merged_expert_bytes(spec, last, dt) if spec.gradient_checkpointing else 0)},
         "forward_end": {**resident, "activations": activations,
                         "logits": forward_logits_bytes(spec, tokens, dt),
                         "temporaries": autocast_cache_extra(spec, shape, dt)},

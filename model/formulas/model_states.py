@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas.experts import lora_expert_ranks, lora_linear_targets
+
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
@@ -103,6 +105,11 @@ def _layer_tensors(shape: ModelShape) -> Tensors:
     return tensors + [(shape.layer_other_params, 0, 1)]
 
 
+def _layers_tensors(groups: list[tuple[int, ModelShape]] | tuple) -> Tensors:
+    """The parameters of `count` layers of each kind (layer groups, see ModelShape)."""
+    return [(t[0], t[1], t[2] * count) for count, group in groups for t in _layer_tensors(group)]
+
+
 def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
     vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
@@ -110,12 +117,12 @@ def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     if spec.method == "full":
         tensors = [(shape.embedding_params // hidden, hidden, 1),
                    (shape.final_norm_params + shape.extra_params, 0, 1)]
-        tensors += [(t[0], t[1], t[2] * shape.num_layers) for t in _layer_tensors(shape)]
+        tensors += _layers_tensors(shape.layer_groups)
         if shape.lm_head_params:
             tensors.append((shape.lm_head_params // hidden, hidden, 1))
     elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
-        tensors = [(t[0], t[1], t[2] * layers) for t in _layer_tensors(shape)]
+        layers = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
+        tensors = _layers_tensors(shape.groups_of_layers(layers))
     if shape.vision is not None and spec.method in ("full", "freeze"):
         tensors += _vision_tensors(shape) if spec.train_vision_tower else []
         tensors += _projector_tensors(shape) if spec.train_projector else []
@@ -131,12 +138,16 @@ def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
     if spec.method not in ("lora", "qlora"):
         return []
-    rank, targets = spec.lora_rank, set(spec.target_modules)
+    rank, targets = spec.lora_rank, lora_linear_targets(spec, shape)
+    experts = lora_expert_ranks(spec, shape)
     tensors = []
-    for lin in shape.layer_linears:
-        if lin.name in targets and not lin.fused:
-            tensors += _lora_pair(rank, lin.in_features, lin.out_features,
-                                  lin.count * shape.num_layers)
+    for layers, group in shape.layer_groups:
+        for lin in group.layer_linears:
+            if lin.name in targets and not lin.fused:
+                tensors += _lora_pair(rank, lin.in_features, lin.out_features, lin.count * layers)
+            elif lin.fused and lin.name in experts:  # peft ParamWrapper: r x E rows, one pair
+                tensors += _lora_pair(experts[lin.name] * lin.count, lin.in_features,
+                                      lin.out_features, layers)
     if shape.vision is not None and spec.lora_target == ("all",):
         if spec.train_vision_tower:
             for rows, cols, count in vision_linears(shape):
@@ -153,8 +164,9 @@ def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     nn.Linear and stay in the compute dtype."""
     if spec.method != "qlora":
         return []
-    tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
-               for lin in shape.layer_linears if not lin.fused]
+    tensors = [(lin.out_features, lin.in_features, lin.count * layers)
+               for layers, group in shape.layer_groups for lin in group.layer_linears
+               if not lin.fused]
     if shape.vision is not None:
         tensors += vision_linears(shape) + _projector_tensors(shape)
     return tensors
@@ -250,6 +262,9 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     frozen = shape.total_params - base_params - packed
     weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
     weights += base_params * dt.trainable
+    # parameters transformers keeps in fp32 (routers, gpt-oss norms): 4 bytes whatever the dtype
+    kept = dt.trainable if spec.method == "full" else dt.frozen
+    weights += shape.fp32_params * max(0, 4 - kept)
     trainable = base + adapters
     params = base_params + adapter_params
     state_bytes = 4 if dt.master else dt.trainable
@@ -267,7 +282,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     else:
         buffers = 0
     head = shape.lm_head_params or shape.embedding_params
-    one_layer = (shape.layer_params if spec.method in ("full", "freeze")
+    one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
     paged = spec.optimizer.startswith("paged_")
@@ -292,6 +307,6 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
         + (largest // NF4_BLOCKSIZE * 4 if spec.quant_bits == 4 and spec.double_quant else 0),
         gathered_head=head * dt.frozen if gathered else 0,
         gathered_layer=min(ZERO3_MAX_LIVE_PARAMETERS,
-                           shape.layer_params + shape.hidden_size**2) * dt.frozen
+                           shape.last_layer.layer_params + shape.hidden_size**2) * dt.frozen
         if gathered else 0,
     )

@@ -70,7 +70,9 @@ def mark_trainable(model: nn.Module, spec: Spec) -> None:
 
 def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
     """Full names of the linears LoRA wraps: LLaMA-Factory's targets, outside frozen vision
-    modules, never the output head."""
+    modules, never the output head. A linear is what LLaMA-Factory's find_all_linear_modules
+    takes: a module whose class name says Linear (Llama 4's router subclasses nn.Linear as
+    `Llama4Router` and returns a tuple: not a target)."""
     from peft.tuners.lora import LoraLayer
 
     wanted = set(spec.lora_target)
@@ -78,7 +80,8 @@ def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
     head = model.get_output_embeddings()
     names = []
     for name, module in model.named_modules():
-        linear = isinstance(module, nn.Linear) and not isinstance(module, LoraLayer)
+        linear = (isinstance(module, nn.Linear) and "Linear" in type(module).__name__
+                  and not isinstance(module, LoraLayer))
         if not linear or module is head or _inside(name, forbidden):
             continue
         if "all" in wanted or name.rsplit(".", 1)[-1] in wanted:

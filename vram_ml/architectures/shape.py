@@ -162,6 +162,20 @@ class ModelShape:
         taken = {index for variant in self.layer_variants for index in variant.indices}
         return frozenset(set(range(self.num_layers)) - taken)
 
+    def groups_of_layers(self, indices: set[int] | range) -> list[tuple[int, ModelShape]]:
+        """(how many of `indices` are of the kind, the kind's view) per layer group: what the
+        last N layers (freeze) or the last layer (backward) are made of."""
+        wanted = set(indices)
+        kinds = [self.main_layer_indices] if self.main_layer_indices else []
+        kinds += [frozenset(variant.indices) for variant in self.layer_variants]
+        return [(len(wanted & kind), group) for kind, (_, group) in
+                zip(kinds, self.layer_groups, strict=True) if wanted & kind]
+
+    @property
+    def last_layer(self) -> ModelShape:
+        """The view of the last decoder layer's kind (backward starts there)."""
+        return self.groups_of_layers({self.num_layers - 1})[0][1]
+
     @property
     def text_params(self) -> int:
         """Language model parameters: embeddings, all decoder layers, final norm, head."""
