@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
+from vram_ml.model.formulas.vision import image_geometry
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 
@@ -168,20 +170,18 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         spec = build_spec(model=model, model_overrides=overrides, **fields)
     except (SpecError, ModelSourceError):
         return None
-    if spec.images_per_sample * (image_tokens(spec) + 2) > spec.seq_len:
+    if spec.images_per_sample * image_tokens(spec) > spec.seq_len:
         return None  # the images alone would not fit in seq_len (the recipe refuses it)
+    if grouped_mm_dtype_problem(spec, spec.resolved_model.shape):
+        return None  # fused experts outside bf16: the recipe refuses it (torch grouped_mm)
     return spec
 
 
 def image_tokens(spec: Spec) -> int:
-    """Tokens one image adds to the sequence (0 for text models)."""
-    vision = spec.resolved_model.shape.vision
-    if vision is None:
+    """Tokens one image adds to the sequence (0 for text models): the formulas' definition."""
+    if spec.resolved_model.shape.vision is None:
         return 0
-    if vision.dynamic_resolution:
-        factor = vision.patch_size * vision.spatial_merge_size
-        return max(1, round(spec.image_resolution / factor)) ** 2
-    return vision.fixed_image_tokens or 0
+    return image_geometry(spec).lm_tokens
 
 
 # --- features and coverage --------------------------------------------------------------------

@@ -161,7 +161,11 @@ def _cut_per_layer_lists(node: dict[str, Any], layers: int) -> None:
 
 def _is_optional_numeric_key(key: str) -> bool:
     # Configs may omit these and rely on transformers' defaults; overriding them is still valid.
+    # Special-token ids may need moving below a smaller vocabulary (a scaled-down VLM).
+    if key.endswith(("_token_id", "_token_index")):
+        return True
     return key in {
+        "vocab_size",
         "pad_token_id",
         "head_dim",
         "num_key_value_heads",

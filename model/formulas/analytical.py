@@ -3,7 +3,7 @@
 Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
 (parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
 during part of a step. In steady state (step >= 2: optimizer states exist;
-`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of eight
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of nine
 moments:
 
 - `layer_forward` (MoE): resident + saved activations + what the last layer's routed experts
@@ -21,6 +21,8 @@ moments:
 - `backward_end`: resident + all gradients + a tied embedding's second gradient (the input
   embedding's, added into the output head's).
 - `vision_forward` (VLMs): resident + the vision tower's working set over all images.
+- `vision_backward` (VLMs whose tower is in the graph): resident + all gradients + the tower's
+  saved tensors, one block recomputed and its backward working set.
 - `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
@@ -56,7 +58,7 @@ ALLOCATOR_FRAGMENTATION = 0.05
 # model, until GPU samples calibrate it. Lower bound = context + allocated peak (no fragmentation).
 UPPER_MARGIN = 0.15
 MOMENTS = ("layer_forward", "forward_end", "loss_backward", "head_backward", "layer_backward",
-           "backward_end", "vision_forward", "optimizer_step")
+           "backward_end", "vision_forward", "vision_backward", "optimizer_step")
 
 
 # --- analytical: what is alive when -----------------------------------------------------------
@@ -195,6 +197,7 @@ def analyse(spec: Spec) -> Analysis:
                            "temporaries": layer_extra + states.dequantized + states.gathered_layer},
         "backward_end": {**resident, "temporaries": states.tied_gradient},
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
+        "vision_backward": {**resident, "activations": vision.vision_backward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
     }
     made = {
@@ -204,6 +207,7 @@ def analyse(spec: Spec) -> Analysis:
         "head_backward": states.head_gradients,
         "layer_backward": states.head_gradients + states.layer_gradients,
         "backward_end": states.gradients,
+        "vision_backward": states.gradients,
         "optimizer_step": states.gradients,
     }
     for moment, gradients in made.items():
@@ -223,7 +227,7 @@ def analyse(spec: Spec) -> Analysis:
 
 
 def _notes(spec: Spec, shape: ModelShape) -> list[str]:
-    notes = []
+    notes = [note for note in (experts.grouped_mm_dtype_problem(spec, shape),) if note]
     if spec.liger_kernel and not terms.liger_applies(spec):
         notes.append(f"liger_kernel: not supported for {shape.model_type}; estimated without it")
     if spec.method == "freeze" and spec.precision == "no_amp":

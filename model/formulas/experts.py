@@ -180,3 +180,21 @@ def with_merged_expert_backward(spec: Spec, shape: ModelShape, dt: Dtypes, token
     if checkpointed:
         at_gradient += gradient + tokens * pairs * shape.hidden_size * c
     return max(at_start, at_gradient)
+
+
+def grouped_mm_dtype_problem(spec: Spec, shape: ModelShape) -> str | None:
+    """Why the step cannot run, when fused experts through grouped_mm are not bf16 (torch's
+    grouped_mm takes bf16 only; the recipe refuses the same spec, model_build.py)."""
+    if not any(lin.fused for lin in shape.layer_linears) or shape.moe_routing != "grouped":
+        return None
+    trained = spec.method == "full" or (spec.method == "freeze" and any(
+        group.num_experts for _, group in shape.groups_of_layers(
+            range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers))))
+    if trained and spec.precision != "pure_bf16":
+        dtype = "fp32 (trainable parameters are upcast)"
+    elif spec.precision in ("fp16", "fp32"):
+        dtype = spec.precision
+    else:
+        return None
+    return (f"fused MoE experts in {dtype}: transformers 5 runs them through torch grouped_mm, "
+            "which takes bf16 only; this run fails (estimated as if it ran)")

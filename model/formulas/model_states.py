@@ -82,6 +82,9 @@ def numel(tensors: Tensors) -> int:
 def vision_linears(shape: ModelShape) -> Tensors:
     """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
     v = shape.vision
+    if v.layer_linears:  # the builder's block linears (the newer towers)
+        return [(lin.out_features, lin.in_features, lin.count * v.num_layers)
+                for lin in v.layer_linears]
     mlp = 3 if v.kind == "qwen2_5_vl" else 2
     return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
             (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]

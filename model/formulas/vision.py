@@ -20,27 +20,46 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    lm_tokens: int  # tokens one image puts in the text sequence
+    """One image, as the model sees it: the one definition of image tokens (the recipe's batch
+    and the estimators read it)."""
+
+    lm_tokens: int  # tokens one image puts in the text sequence (counted in seq_len)
     encoder_tokens: int  # patch states the vision tower runs for one image
+    placeholder_tokens: int = 0  # of lm_tokens, the image-token ids replaced by image features
+    grid: int = 0  # patches per side the tower sees (dynamic / Pixtral / Gemma 3)
 
 
 def image_geometry(spec: Spec) -> ImageGeometry:
-    """Qwen2-VL: smart_resize to a multiple of patch x merge, (side / patch)^2 patches, merged
-    merge^2 to one token (+ vision start/end); Idefics3: one tile per `image_size` square + a
-    global view; fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4.1V: smart_resize to a multiple of patch x merge,
+    (side / patch)^2 patches, merged merge^2 to one token (+ vision start/end); Pixtral (Mistral 3):
+    the image capped to its longest edge, ceil(side / (patch x merge)) = n rows of n image tokens
+    and a break (the last an end token): n (n + 1) tokens (processing_pixtral.py); Idefics3: one
+    tile per `image_size` square + a global view; Gemma 3: `mm_tokens_per_image` pooled tokens
+    between <boi> and <eoi>, each block wrapped in two newline tokens (processing_gemma3.py);
+    fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
     v = spec.resolved_model.shape.vision
+    if v.image_rule == "pixtral":
+        factor = v.patch_size * v.spatial_merge_size
+        rows = -(-min(spec.image_resolution, v.default_image_size or spec.image_resolution)
+                 // factor)
+        grid = rows * v.spatial_merge_size
+        return ImageGeometry(rows * (rows + 1), grid**2, rows**2, grid)
+    if v.kind == "gemma3":
+        return ImageGeometry(v.fixed_image_tokens + 4, v.encoder_tokens_per_image,
+                             v.fixed_image_tokens, v.image_size // v.patch_size)
     if v.dynamic_resolution:
         factor = v.patch_size * v.spatial_merge_size
         side = max(factor, round(spec.image_resolution / factor) * factor)
-        patches = (side // v.patch_size) ** 2
-        return ImageGeometry(patches // v.spatial_merge_size**2 + 2, patches)
+        grid = side // v.patch_size
+        placeholders = grid**2 // v.spatial_merge_size**2
+        return ImageGeometry(placeholders + 2, grid**2, placeholders, grid)
     tokens = v.fixed_image_tokens or (v.image_size // v.patch_size) ** 2
     encoder = v.encoder_tokens_per_image or tokens
     if v.kind == "idefics3":
         tiles = ceil(spec.image_resolution / v.image_size) ** 2
         tiles += 1 if tiles > 1 else 0
-        return ImageGeometry(tiles * tokens, tiles * encoder)
-    return ImageGeometry(tokens, encoder)
+        return ImageGeometry(tiles * tokens, tiles * encoder, tiles * tokens)
+    return ImageGeometry(tokens, encoder, tokens)
 
 
 
@@ -70,6 +89,8 @@ def pixel_bytes(spec: Spec) -> int:
     images = spec.batch_size * spec.images_per_sample
     if v.dynamic_resolution:
         return images * geometry.encoder_tokens * 3 * v.temporal_patch_size * v.patch_size**2 * 4
+    if v.image_rule == "pixtral":  # resized to the grid: (grid x patch)^2 pixels
+        return images * 3 * (geometry.grid * v.patch_size) ** 2 * 4
     per_image = v.encoder_tokens_per_image or v.fixed_image_tokens or (
         v.image_size // v.patch_size) ** 2
     return images * max(1, geometry.encoder_tokens // per_image) * 3 * v.image_size**2 * 4
@@ -86,8 +107,11 @@ def vision_in_graph(spec: Spec) -> bool:
     LLaVA's CLIPVisionModel `"patch_embedding"`, found under `self.embeddings`
     (modeling_clip.py:588, modeling_utils.py:983-985). The patch embedding's output then requires
     grad and every frozen block after it is in the graph; without checkpointing nothing installs
-    the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing."""
-    return spec.train_vision_tower or spec.gradient_checkpointing
+    the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing.
+    Qwen3-VL's and GLM-4.1V's vision models expose no input embedding (VisionShape
+    `hooked_when_checkpointed`): frozen, they stay out of the graph even then."""
+    v = spec.resolved_model.shape.vision
+    return spec.train_vision_tower or (spec.gradient_checkpointing and v.hooked_when_checkpointed)
 
 
 def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
@@ -105,13 +129,27 @@ def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int
     v = shape.vision
     h, norm_copy = v.hidden_size, 4 if dt.autocast else dt.compute
     mask = spec.batch_size * spec.seq_len  # (B, S, 1) bool, expanded over the hidden size
+    images = spec.batch_size * spec.images_per_sample
+    if v.kind == "gemma3":
+        # the patch embedding (the hooked leaf), SigLIP's post_layernorm fp32 copy, the
+        # projector's fp32 transposed copy (avg-pool input) and its pooled fp32 output
+        pooled = images * v.fixed_image_tokens * h * 4
+        return patches * (h * dt.compute + h * 4 + h * 4) + pooled + mask
+    if v.kind == "pixtral":
+        # the block-diagonal mask over all patches of the batch (generate_block_attention_mask,
+        # [patches, patches] in the compute dtype, fed to every block), the patch conv (the
+        # hooked leaf), ln_pre's and the projector norm's fp32 copies, the 2-D rotary table,
+        # the projector's GELU input
+        tokens = images * image_geometry(spec).placeholder_tokens
+        return (patches * patches * dt.compute + patches * (h * dt.compute + 2 * h * 4
+                + (h // v.num_attention_heads) * dt.compute)
+                + tokens * shape.hidden_size * dt.compute + mask)
     if v.kind in ("qwen2_vl", "qwen2_5_vl"):
         rotary = 2 * (h // v.num_attention_heads) * 4
         stats = 8 if v.kind == "qwen2_vl" else 4  # LayerNorm mean + rstd, RMSNorm rstd
         # Qwen2.5-VL reorders the (leaf) patch embedding into windows: one more copy
         window = h * dt.compute if v.kind == "qwen2_5_vl" else 0
         return patches * (rotary + h * norm_copy + stats + h * dt.compute + window) + mask
-    images = spec.batch_size * spec.images_per_sample
     tokens = images * image_geometry(spec).lm_tokens
     # CLIP: one compute-dtype copy of the embeddings (the hooked leaf) + pre_layrnorm's
     # mean/rstd; LLaVA's projector: the GELU input. Measured on simulate: no fp32 copy.
@@ -159,6 +197,23 @@ def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
     images = spec.batch_size * spec.images_per_sample
     patches = images * geometry.encoder_tokens
     working = patches * (3 * v.hidden_size + v.intermediate_size) * dt.compute
+    if v.kind == "pixtral" and not vision_in_graph(spec):  # the mask, alive while it runs
+        working += patches * patches * dt.compute
     if spec.attention == "eager":
         working += images * v.num_attention_heads * geometry.encoder_tokens**2 * (dt.compute + 8)
     return vision_activation_bytes(spec, dt) + working
+
+
+def vision_backward_bytes(spec: Spec, dt: Dtypes) -> int:
+    """A tower in the graph is backpropagated through even when frozen (the hooked patch
+    embedding's output needs a gradient): after the text layers' backward, its saved tensors,
+    one block recomputed (checkpointing) and its working set with the gradient in and out."""
+    shape = spec.resolved_model.shape
+    if shape.vision is None or not spec.images_per_sample or not vision_in_graph(spec):
+        return 0
+    v, geometry = shape.vision, image_geometry(spec)
+    patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
+    block = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
+    working = (3 * v.hidden_size + v.intermediate_size) * dt.compute
+    return (vision_activation_bytes(spec, dt)
+            + patches * (block + working + 2 * v.hidden_size * dt.compute))

@@ -16,7 +16,8 @@ from vram_ml.model.recipe.weights import materialize
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
-SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl")
+SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "gemma3",
+                  "mistral3")
 
 
 def hf_config(spec: Spec) -> Any:
@@ -56,6 +57,27 @@ def attention_implementation(spec: Spec, config: Any) -> str:
     if spec.attention == "sdpa" and not getattr(cls, "_supports_sdpa", True):
         return "eager"
     return spec.attention
+
+
+def check_grouped_experts(model: nn.Module) -> None:
+    """transformers 5 runs fused MoE experts through `torch._grouped_mm` (its default
+    `experts_implementation`), which takes bf16 only (torch's meta and CUDA kernels check it):
+    experts kept in fp32 (trained with LLaMA-Factory's fp32 upcast) or fp16 make the step fail.
+
+    Raises:
+        UnsupportedRecipe: the experts' dtype, in one line.
+    """
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_experts_implementation", None) != "grouped_mm":
+            continue
+        for param_name in ("gate_up_proj", "up_proj", "down_proj"):
+            param = module._parameters.get(param_name)
+            if param is not None and param.dim() == 3 and param.dtype != torch.bfloat16:
+                raise UnsupportedRecipe(
+                    f"model: {name}.{param_name} is {str(param.dtype).removeprefix('torch.')}; "
+                    "transformers 5 runs fused MoE experts through torch grouped_mm, which takes "
+                    "bf16 only (train the experts in pure_bf16, or freeze them: lora / qlora)")
 
 
 def is_multimodal(config: Any) -> bool:
@@ -106,6 +128,7 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
     for param in model.parameters():
         if param.requires_grad and param.dtype != trainable_dtype(spec):
             param.data = param.data.to(trainable_dtype(spec))
+    check_grouped_experts(model)
     if device.type != "meta":
         materialize(model, device)
     model.train()

@@ -45,3 +45,29 @@ SCALED: dict[str, tuple[str, dict[str, int | float]]] = {
     "cohere": ("CohereForAI/aya-23-8B", {"num_hidden_layers": 2, **_NARROW,
                                         "intermediate_size": 2048}),
 }
+
+# Vision-language: two text layers, a small vocabulary (special-token ids moved below it), two
+# vision blocks; the towers keep their real widths and patch rules.
+_VLM_TEXT = {"text_config.num_hidden_layers": 2, "text_config.vocab_size": 4096}
+SCALED_VLM: dict[str, tuple[str, dict[str, int | float]]] = {
+    "qwen3_vl": ("Qwen/Qwen3-VL-2B-Instruct", {
+        **_VLM_TEXT, "vision_config.depth": 6,
+        "image_token_id": 4000, "video_token_id": 4001, "vision_start_token_id": 4002,
+        "vision_end_token_id": 4003}),
+}
+SCALED_VLM.update({
+    "qwen3_vl_moe": ("Qwen/Qwen3-VL-30B-A3B-Instruct", {
+        **_VLM_TEXT, "text_config.num_experts": 8, "vision_config.depth": 9,
+        "image_token_id": 4000, "video_token_id": 4001, "vision_start_token_id": 4002,
+        "vision_end_token_id": 4003}),
+    "glm4v": ("zai-org/GLM-4.1V-9B-Thinking", {
+        **_VLM_TEXT, "text_config.pad_token_id": 1, "vision_config.depth": 2,
+        "image_token_id": 4000, "video_token_id": 4001, "image_start_token_id": 4002,
+        "image_end_token_id": 4003, "video_start_token_id": 4004, "video_end_token_id": 4005}),
+    "gemma3": ("google/gemma-3-4b-it", {
+        **_VLM_TEXT, "vision_config.num_hidden_layers": 2, "image_token_index": 4000,
+        "boi_token_index": 4001, "eoi_token_index": 4002}),
+    "mistral3": ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", {
+        **_VLM_TEXT, "text_config.hidden_size": 1024, "text_config.intermediate_size": 2048,
+        "vision_config.num_hidden_layers": 2}),
+})

@@ -99,6 +99,10 @@ class VisionShape:
     # to a multiple of patch x merge), `tiles` (Idefics3), `pixtral` (rows x (cols + 1))
     image_rule: str = "fixed"
     default_image_size: int = 0  # the processor's longest edge where it caps images (Pixtral)
+    # whether gradient checkpointing's input-grad hook reaches the tower (its PreTrainedModel
+    # exposes get_input_embeddings: CLIP, SigLIP, Qwen2/2.5-VL, Pixtral do; Qwen3-VL, GLM-4.1V
+    # do not, so a frozen tower of theirs stays out of the graph)
+    hooked_when_checkpointed: bool = True
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ def qwen3_vl(config: Mapping[str, Any]) -> ModelShape:
         kind="qwen3_vl", num_layers=v["depth"], hidden_size=h, intermediate_size=inter,
         num_attention_heads=v["num_heads"], patch_size=p, image_size=0, tower_params=tower,
         projector_params=merger, spatial_merge_size=merge, temporal_patch_size=t,
-        dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block))
+        dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block,
+        hooked_when_checkpointed=False))
 
 
 @register("glm4v", vision=True)
@@ -184,6 +185,6 @@ def glm4v(config: Mapping[str, Any]) -> ModelShape:
         kind="glm4v", num_layers=v["depth"], hidden_size=h, intermediate_size=out,
         num_attention_heads=v["num_heads"], patch_size=p, image_size=0, tower_params=tower,
         projector_params=merger, spatial_merge_size=merge, temporal_patch_size=t,
-        dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block),
-        notes=notes)
+        dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block,
+        hooked_when_checkpointed=False), notes=notes)
 
