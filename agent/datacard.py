@@ -40,6 +40,11 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "train_projector": ("bool", "", "the multimodal projector is trained (VLMs)"),
     "num_gpus": ("int", "GPUs", "data-parallel GPUs (the agent measures 1)"),
     "zero_stage": ("int", "", "DeepSpeed ZeRO stage (0 for the agent)"),
+    "framework": ("str", "", "llamafactory | trl: the framework whose wrapping the run follows"),
+    "transformers_version": ("str", "", "transformers version of the spec's stack (its rules)"),
+    "peft_version": ("str", "", "peft version of the spec's stack"),
+    "trl_version": ("str", "", "trl version of the spec's stack (trl framework)"),
+    "bitsandbytes_version": ("str", "", "bitsandbytes version of the spec's stack"),
     "status": ("str", "", "ok | oom (CUDA out of memory) | error (crash, timeout: see message)"),
     "message": ("str", "", "why a sample is oom/error (one line); empty when ok"),
     "peak_allocated_bytes": (
@@ -52,12 +57,26 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
         "int", "bytes", "max allocated while building model, batch, optimizer",
     ),
     "setup_peak_reserved_bytes": ("int", "bytes", "max reserved during set-up"),
-    "cuda_context_bytes": ("int", "bytes", "NVML process memory with a context and no tensor"),
+    "cuda_context_bytes": (
+        "int", "bytes", "NVML process memory outside the caching allocator and managed memory, "
+        "after the first (warm-up) step: context, lazily loaded kernels, cuBLAS/cuDNN handles "
+        "(an oom before step 2: the cold context)",
+    ),
+    "cold_context_bytes": (
+        "int", "bytes", "the same read with a context and no tensor, before any kernel ran",
+    ),
+    "paged_bytes": (
+        "int", "bytes", "optimizer states bitsandbytes put in CUDA managed memory (paged "
+        "optimizers: tensors of >= 1e5 elements; smaller ones are in peak_reserved_bytes)",
+    ),
     "nvml_peak_bytes": (
-        "int", "bytes", "process peak NVML showed during the steps (sampled every 5 ms)",
+        "int", "bytes", "process peak NVML showed during the steps (sampled every 5 ms): "
+        "the device's used memory minus its baseline, or NVML's per-process figure, which "
+        "leaves managed memory (paged_bytes) out",
     ),
     "peak_vram_bytes": (
-        "int", "bytes", "THE TARGET: cuda_context_bytes + peak_reserved_bytes (oom: lower bound)",
+        "int", "bytes", "THE TARGET: cuda_context_bytes + peak_reserved_bytes + paged_bytes "
+        "(oom: lower bound)",
     ),
     "step_seconds": ("float", "s", "mean seconds per optimizer step (after the first)"),
     "steps": ("int", "", "optimizer steps run"),
@@ -70,23 +89,37 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "driver_version": ("str", "", "NVIDIA driver version"),
     "cuda_version": ("str", "", "CUDA version torch was built with (torch.version.cuda)"),
     "torch_version": ("str", "", "torch version"),
-    "transformers_version": ("str", "", "transformers version"),
-    "peft_version": ("str", "", "peft version"),
-    "bitsandbytes_version": ("str", "", "bitsandbytes version"),
+    "installed_transformers_version": ("str", "", "transformers version installed where it ran"),
+    "installed_peft_version": ("str", "", "peft version installed where it ran"),
+    "installed_bitsandbytes_version": ("str", "", "bitsandbytes version installed where it ran"),
     "mlflow_run_id": ("str", "", "the sample's MLflow run (empty when exported from a spool)"),
 }
 
 INTRO = """# vram-ml samples — data card
 
 One row = one **sample**: a fine-tuning configuration (**spec**) micro-trained for a few optimizer
-steps on one device, what it **measured**, and its **provenance**. Target: `peak_vram_bytes` =
-`cuda_context_bytes + peak_reserved_bytes`, the memory `nvidia-smi` shows at the peak.
+steps on one device, what it **measured**, and its **provenance**.
+
+**The target**, `peak_vram_bytes` = `cuda_context_bytes + peak_reserved_bytes + paged_bytes`: the
+device memory the process holds at its peak, as the GPU's used memory (`nvidia-smi`'s
+Memory-Usage) shows it. One definition (`vram_ml.sample.peak_vram`), used by the agent's
+measurement, the dataset checks and the analytical estimator:
+- `cuda_context_bytes`: memory outside PyTorch's caching allocator, read with NVML after the first
+  (warm-up) step, so lazily loaded kernels and cuBLAS / cuDNN handles count; `cold_context_bytes`
+  is the same before any kernel ran (the difference is what a context read at start misses).
+- `peak_reserved_bytes`: `torch.cuda.max_memory_reserved()` over the steps.
+- `paged_bytes`: a bitsandbytes paged optimizer's states in CUDA managed memory (tensors of at
+  least 1e5 elements; smaller tensors' states are in the caching allocator, so in
+  `peak_reserved_bytes`), counted whole: on a card without memory pressure they live on the
+  device. The agent plans paged specs only below half the card's memory.
+- The agent measures on one dedicated card, larger than the specs need: the caching allocator
+  never ran under memory pressure (a smaller card may free cache before it fails).
 
 - How a sample is made: `vram-ml agent run` builds the model from its config with random weights
   (no download) directly on the GPU, applies the spec (bitsandbytes QLoRA, peft LoRA, precision,
   checkpointing, attention, optimizer), runs N optimizer steps on synthetic batches of exactly
   batch x seq tokens, in a fresh child process per spec (agent/measure.py around the recipe,
-  model/recipe/).
+  model/recipe/). `nvml_peak_bytes` is NVML's own view, a check on the target.
 - Only `backend=cuda` rows are training data; `cpu` rows are the agent's tests and are exported
   only with `--include-backend cpu`.
 - `oom` rows keep the peaks seen before the out-of-memory error: lower bounds, not peaks.
@@ -113,8 +146,12 @@ def datacard(samples: list[Sample], file_name: str) -> str:
             ("model family", lambda s: s.spec.resolved_model.family),
             ("method", lambda s: s.spec.method),
             ("versions (torch / transformers / peft / bitsandbytes)",
-             lambda s: " / ".join((s.provenance.torch_version, s.provenance.transformers_version,
-                                   s.provenance.peft_version, s.provenance.bitsandbytes_version))),
+             lambda s: " / ".join((s.provenance.torch_version,
+                                   s.provenance.installed_transformers_version,
+                                   s.provenance.installed_peft_version,
+                                   s.provenance.installed_bitsandbytes_version))),
+            ("stack (framework / transformers)",
+             lambda s: f"{s.spec.framework} / {s.spec.transformers_version}"),
         ):
             counts = Counter(key(s) for s in samples).most_common()
             lines.append(f"- {title}: " + ", ".join(f"{name} ({n})" for name, n in counts))

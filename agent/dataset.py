@@ -21,12 +21,13 @@ from vram_ml.agent.datacard import write_datacard
 from vram_ml.agent.store import SampleStore
 from vram_ml.dataset_files import DataFileError
 from vram_ml.dataset_files import read_rows as read_data_file
-from vram_ml.sample import COLUMNS, Sample, SampleError, row_to_sample, sample_to_row
+from vram_ml.sample import COLUMNS, Sample, SampleError, peak_vram, row_to_sample, sample_to_row
 
 DEFAULT_OUTPUT = Path("datasets/samples.csv")
 TRAINING_BACKENDS = ("cuda",)
 REQUIRED_CUDA_PROVENANCE = ("device_name", "device_total_bytes", "driver_version", "cuda_version",
-                            "torch_version", "transformers_version", "peft_version")
+                            "torch_version", "installed_transformers_version",
+                            "installed_peft_version")
 
 
 class DatasetError(ValueError):
@@ -50,13 +51,14 @@ class Validation:
         self.problems.append(f"row {number}: {one_line(str(text))}")
 
 
-def one_line(text: str) -> str:
-    """`text` with line breaks and other control characters escaped: one printable line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
     def counts(self) -> dict[str, dict[str, int]]:
         return {"backend": dict(Counter(s.provenance.backend for s in self.samples)),
                 "status": dict(Counter(s.measurement.status for s in self.samples))}
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: one printable line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # --- reading and writing ----------------------------------------------------------------------
@@ -114,8 +116,9 @@ def check_sample(sample: Sample) -> str:
     if m.status == "ok":
         if m.peak_reserved_bytes is None or m.cuda_context_bytes is None:
             return "ok sample without peak_reserved_bytes / cuda_context_bytes"
-        if m.peak_vram_bytes != m.cuda_context_bytes + m.peak_reserved_bytes:
-            return "peak_vram_bytes != cuda_context_bytes + peak_reserved_bytes"
+        if m.peak_vram_bytes != peak_vram(m.cuda_context_bytes, m.peak_reserved_bytes,
+                                          m.paged_bytes):
+            return "peak_vram_bytes != cuda_context_bytes + peak_reserved_bytes + paged_bytes"
         if m.peak_allocated_bytes is not None and m.peak_allocated_bytes > m.peak_reserved_bytes:
             return "peak_allocated_bytes > peak_reserved_bytes"
         if p.device_total_bytes and m.peak_vram_bytes > p.device_total_bytes:

@@ -21,9 +21,9 @@ import vram_ml
 AGENT_VERSION = vram_ml.__version__
 LIBRARIES = {  # Provenance field -> distribution name
     "torch_version": "torch",
-    "transformers_version": "transformers",
-    "peft_version": "peft",
-    "bitsandbytes_version": "bitsandbytes",
+    "installed_transformers_version": "transformers",
+    "installed_peft_version": "peft",
+    "installed_bitsandbytes_version": "bitsandbytes",
 }
 
 
@@ -70,52 +70,90 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _query(lib, function: str, *args: Any) -> Any:
+    """`lib.<function>(*args)`, or None when NVML refuses it: some virtualised GPUs (vGPU, gVisor
+    and other sandboxes) answer per-process and other queries with an NVMLError."""
+    try:
+        return getattr(lib, function)(*args)
+    except getattr(lib, "NVMLError", Exception):
+        return None
+
+
+def _handle(lib, index: int) -> Any:
+    return _query(lib, "nvmlDeviceGetHandleByIndex", index)
+
+
+def device_count() -> int:
+    """GPUs NVML sees (0 when NVML is unavailable or refuses to count)."""
+    lib = nvml()
+    return int(_query(lib, "nvmlDeviceGetCount") or 0) if lib is not None else 0
+
+
+def device_memory(index: int) -> tuple[int, int] | None:
+    """(total, used) bytes of device `index`, or None when NVML cannot tell."""
+    lib = nvml()
+    handle = _handle(lib, index) if lib is not None else None
+    memory = _query(lib, "nvmlDeviceGetMemoryInfo", handle) if handle is not None else None
+    return None if memory is None else (int(memory.total), int(memory.used))
+
+
+def device_name(index: int) -> str:
+    lib = nvml()
+    handle = _handle(lib, index) if lib is not None else None
+    name = _query(lib, "nvmlDeviceGetName", handle) if handle is not None else None
+    return _text(name) if name is not None else ""
+
+
 def gpu_device_facts(index: int) -> dict[str, Any]:
     """Name, total memory and driver of NVML device `index` (CUDA version comes from torch)."""
     lib = nvml()
     if lib is None:
         return {"device_name": "", "device_total_bytes": None, "driver_version": ""}
-    handle = lib.nvmlDeviceGetHandleByIndex(index)
+    memory = device_memory(index)
+    driver = _query(lib, "nvmlSystemGetDriverVersion")
     return {
-        "device_name": _text(lib.nvmlDeviceGetName(handle)),
-        "device_total_bytes": int(lib.nvmlDeviceGetMemoryInfo(handle).total),
-        "driver_version": _text(lib.nvmlSystemGetDriverVersion()),
+        "device_name": device_name(index),
+        "device_total_bytes": memory[0] if memory else None,
+        "driver_version": _text(driver) if driver is not None else "",
     }
 
 
 def compute_processes(index: int) -> dict[int, int]:
-    """pid -> used bytes of the compute processes NVML sees on device `index`."""
+    """pid -> used bytes of the compute processes NVML sees on device `index`; empty when NVML
+    lists none or refuses the per-process query (then only the device's used memory tells: the
+    pool's threshold and ProcessMemory's "used minus baseline")."""
     lib = nvml()
-    if lib is None:
-        return {}
-    handle = lib.nvmlDeviceGetHandleByIndex(index)
+    handle = _handle(lib, index) if lib is not None else None
+    listed = _query(lib, "nvmlDeviceGetComputeRunningProcesses", handle) \
+        if handle is not None else None
     processes = {}
-    for process in lib.nvmlDeviceGetComputeRunningProcesses(handle):
+    for process in listed or ():
         used = process.usedGpuMemory
         processes[int(process.pid)] = int(used) if isinstance(used, int) else 0
     return processes
 
 
 def device_used_bytes(index: int) -> int | None:
-    lib = nvml()
-    if lib is None:
-        return None
-    return int(lib.nvmlDeviceGetMemoryInfo(lib.nvmlDeviceGetHandleByIndex(index)).used)
+    memory = device_memory(index)
+    return None if memory is None else memory[1]
 
 
 class ProcessMemory:
     """This process's GPU memory as NVML reports it.
 
     Per process where NVML lists our pid; where it cannot (a container's pid namespace hides the
-    host pid), the device's used memory minus what was used before this process touched the GPU
-    (the pool only hands out otherwise idle GPUs, so the difference is ours).
+    host pid, or a virtualised GPU refuses per-process queries), the device's used memory minus
+    what was used before this process touched the GPU (the pool only hands out otherwise idle
+    GPUs, so the difference is ours). The two differ in one thing: CUDA managed memory (paged
+    optimizer states) is in the device's used memory, not in NVML's per-process figure
+    (pynvml issue 63, nvtop issue 213); `per_process` says which the last reading was.
     """
 
     def __init__(self, index: int):
         self.index = index
         self.pid = os.getpid()
         self.baseline = device_used_bytes(index) or 0
-        self.per_process = None  # decided on the first reading that finds a CUDA context
+        self.per_process: bool | None = None  # None until a reading was made
 
     def read(self) -> int | None:
         processes = compute_processes(self.index)
@@ -123,7 +161,10 @@ class ProcessMemory:
             self.per_process = True
             return processes[self.pid]
         used = device_used_bytes(self.index)
-        return None if used is None else max(0, used - self.baseline)
+        if used is None:
+            return None
+        self.per_process = False
+        return max(0, used - self.baseline)
 
 
 class PeakSampler:

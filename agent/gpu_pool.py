@@ -49,23 +49,27 @@ def parse_gpus(option: str) -> list[int] | None:
 
 def gpu_states(max_used_bytes: int = DEFAULT_MAX_USED_BYTES,
                own_pids: frozenset[int] = frozenset()) -> list[GpuState]:
-    """Every GPU NVML sees, with whether it is spare (empty when NVML is unavailable)."""
-    lib = environment.nvml()
-    if lib is None:
+    """Every GPU NVML sees, with whether it is spare (empty when NVML is unavailable).
+
+    Memory the agent's own children hold (where NVML lists them) does not count towards the
+    threshold; a GPU whose memory NVML will not report is not spare."""
+    if environment.nvml() is None:
         return []
     states = []
-    for index in range(lib.nvmlDeviceGetCount()):
-        handle = lib.nvmlDeviceGetHandleByIndex(index)
-        memory = lib.nvmlDeviceGetMemoryInfo(handle)
-        others = {pid: used for pid, used in environment.compute_processes(index).items()
-                  if pid not in own_pids}
-        state = GpuState(index, environment._text(lib.nvmlDeviceGetName(handle)),
-                         int(memory.total), int(memory.used), others)
-        if others:
+    for index in range(environment.device_count()):
+        memory = environment.device_memory(index)
+        processes = environment.compute_processes(index)
+        others = {pid: used for pid, used in processes.items() if pid not in own_pids}
+        own_used = sum(used for pid, used in processes.items() if pid in own_pids)
+        total, used = memory if memory else (0, 0)
+        state = GpuState(index, environment.device_name(index), total, used, others)
+        if memory is None:
+            state.spare, state.reason = False, "NVML does not report its memory"
+        elif others:
             state.spare, state.reason = False, f"{len(others)} other compute process(es)"
-        elif memory.used > max_used_bytes:
+        elif used - own_used > max_used_bytes:
             state.spare = False
-            state.reason = f"{memory.used / 2**30:.1f} GiB in use (threshold " \
+            state.reason = f"{(used - own_used) / 2**30:.1f} GiB in use (threshold " \
                            f"{max_used_bytes / 2**30:.1f} GiB)"
         states.append(state)
     return states
@@ -84,13 +88,13 @@ class GpuPool:
         self.selection = selection
         self.max_used_bytes = max_used_bytes
 
-    def choose(self) -> list[GpuState]:
-        """The GPUs to start one worker on each.
+    def choose(self, own_pids: frozenset[int] = frozenset()) -> list[GpuState]:
+        """The GPUs to start one worker on each (`own_pids`: processes that are the agent's).
 
         Raises:
             PoolError: NVML unavailable, an unknown index, or no spare GPU.
         """
-        states = gpu_states(self.max_used_bytes)
+        states = gpu_states(self.max_used_bytes, own_pids)
         if not states:
             raise PoolError("gpus: no GPU visible to NVML (use --backend cpu to test without one)")
         by_index = {state.index: state for state in states}

@@ -4,10 +4,14 @@ Runs inside the child process (agent/child.py); the training itself is the proje
 `vram_ml.model.recipe` (build_model, make_batch, make_optimizer, run_steps), shared with
 `simulate`. This module only measures around it:
 
-- cuda: the CUDA context (NVML process memory once a context exists, minus what torch reserved),
+- cuda: the cold context (NVML process memory once a context exists, minus what torch reserved),
   then set-up (model, batch, optimizer) with `torch.cuda.max_memory_allocated/reserved`, the peak
   counters reset, then the steps with the same counters and an NVML peak sampled by a thread.
-  `peak_vram_bytes = cuda_context_bytes + peak_reserved_bytes`.
+  After the first (warm-up) step has loaded its kernels and made its cuBLAS / cuDNN handles, the
+  context is read again: NVML process memory - `torch.cuda.memory_reserved()` - the paged
+  optimizer states where the reading includes them (the device's used memory does, NVML's
+  per-process figure does not). `peak_vram_bytes = sample.peak_vram(cuda_context_bytes,
+  peak_reserved_bytes, paged_bytes)`, the target as vram_ml/sample.py defines it.
 - cpu: the same steps on the CPU under `simulate`'s own machinery (one tracker, two uses): the
   model state is registered by `vram_ml.model.simulate.step.register_state` (weights, adapters,
   bitsandbytes quantization state, the batch), the steps run under simulate's CUDA rules
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vram_ml.agent.environment import PeakSampler, ProcessMemory
-from vram_ml.sample import Measurement
+from vram_ml.sample import Measurement, peak_vram
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
@@ -38,7 +42,9 @@ OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAl
 class Peaks:
     """Peaks observed so far; on OOM they are what the sample keeps (lower bounds)."""
 
-    context: int = 0
+    context: int = 0  # after the warm-up step (the cold context until it has run)
+    cold_context: int = 0
+    paged: int = 0
     setup_allocated: int | None = None
     setup_reserved: int | None = None
     allocated: int | None = None
@@ -57,8 +63,11 @@ class Peaks:
             setup_peak_allocated_bytes=self.setup_allocated,
             setup_peak_reserved_bytes=self.setup_reserved,
             cuda_context_bytes=self.context,
+            cold_context_bytes=self.cold_context,
+            paged_bytes=self.paged,
             nvml_peak_bytes=self.nvml,
-            peak_vram_bytes=self.context + reserved if status != "error" else None,
+            peak_vram_bytes=peak_vram(self.context, reserved, self.paged)
+            if status != "error" else None,
             step_seconds=sum(seconds) / len(seconds) if seconds else None,
             steps=len(self.step_seconds),
         )
@@ -101,13 +110,24 @@ def measure(spec: Spec, backend: str, steps: int = DEFAULT_STEPS, nvml_index: in
     return peaks.measurement()
 
 
+def paged_state_bytes(optimizer: Any) -> int:
+    """Bytes of the optimizer states bitsandbytes keeps in CUDA managed memory (`is_paged`
+    tensors: a paged optimizer's states of tensors of at least 1e5 elements); 0 otherwise."""
+    if not getattr(optimizer, "is_paged", False):
+        return 0
+    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
+               for value in state.values() if getattr(value, "is_paged", False))
+
+
 def _steps(spec: Spec, model: Any, batch: dict, optimizer: Any, scaler: Any, steps: int,
-           peaks: Peaks, fail_at_step: str, synchronize=None) -> None:
+           peaks: Peaks, fail_at_step: str, synchronize=None, after_warm_up=None) -> None:
     from vram_ml.model.recipe import run_steps
 
     def test_hook(step: int) -> None:
         import torch
 
+        if step == 2 and after_warm_up is not None:
+            after_warm_up()
         if fail_at_step == "oom":
             raise torch.OutOfMemoryError("simulated out of memory (test hook)")
         if fail_at_step == "error":
@@ -132,8 +152,8 @@ def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at
     torch.empty(1, device="cuda")  # creates the context
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    context = memory.read()
-    peaks.context = max(0, (context or 0) - torch.cuda.memory_reserved())
+    cold = memory.read()
+    peaks.cold_context = peaks.context = max(0, (cold or 0) - torch.cuda.memory_reserved())
     torch.cuda.reset_peak_memory_stats()
 
     def record_setup() -> None:
@@ -149,15 +169,29 @@ def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at
     finally:
         record_setup()
     torch.cuda.reset_peak_memory_stats()
+    warm = []
+
+    def after_warm_up() -> None:
+        """The context once a step has run (lazily loaded kernels, library handles)."""
+        warm.append(True)
+        peaks.paged = paged_state_bytes(optimizer)
+        reading = memory.read()
+        if reading is not None:
+            managed = 0 if memory.per_process else peaks.paged
+            peaks.context = max(0, reading - torch.cuda.memory_reserved() - managed)
+
     sampler = PeakSampler(memory.read)
     try:
         with sampler:
             _steps(spec, model, batch, optimizer, scaler, steps, peaks, fail_at_step,
-                   torch.cuda.synchronize)
+                   torch.cuda.synchronize, after_warm_up)
+            if not warm and peaks.step_seconds:  # a single step: read after it
+                after_warm_up()
     finally:
         peaks.allocated = torch.cuda.max_memory_allocated()
         peaks.reserved = torch.cuda.max_memory_reserved()
         peaks.nvml = sampler.peak_bytes
+        peaks.paged = paged_state_bytes(optimizer)
 
 
 def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> None:

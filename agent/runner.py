@@ -97,7 +97,9 @@ class Agent:
         self.lock = threading.Lock()
         self.deadline = None if options.budget_s is None else time.monotonic() + options.budget_s
         self.pool = GpuPool(parse_gpus(options.gpus), options.max_used_bytes)
-        self.own_pids: set[int] = set()  # every child this agent started (NVML may lag)
+        # this process (a CUDA context in it is ours, e.g. a test's) and every child it started,
+        # from its spawn on (NVML may lag)
+        self.own_pids: set[int] = {os.getpid()}
         self.running: dict[str, dict[str, Any]] = {}  # slot label -> what it measures now
         self.sample_seconds: list[float] = []
 
@@ -108,7 +110,7 @@ class Agent:
         if self.options.backend == "cpu":
             workers = range(max(1, self.options.workers))
             return [Slot("cpu", worker=n) for n in workers], "cpu", None
-        gpus = self.pool.choose()
+        gpus = self.pool.choose(frozenset(self.own_pids))
         return ([Slot("cuda", g.index) for g in gpus], gpus[0].name,
                 min(g.total_bytes for g in gpus))
 
@@ -196,7 +198,8 @@ class Agent:
             return self.queue.popleft()
 
     def _work(self, slot: Slot) -> None:
-        children = Children(slot, self.options.store_dir / "work", warm=True)
+        children = Children(slot, self.options.store_dir / "work", warm=True,
+                            on_spawn=self._own)
         try:
             self._measure_all(slot, children)
         finally:
@@ -279,6 +282,11 @@ class Agent:
             limit = self.options.max_samples
             return bool(self.queue) and not self.stop.is_set() and (
                 limit is None or self.summary.started < limit)
+
+    def _own(self, pid: int) -> None:
+        """A child of this agent, from its spawn on (see Children)."""
+        with self.lock:
+            self.own_pids.add(pid)
 
     def _started(self, slot: Slot, planned: Planned, pid: int) -> None:
         with self.lock:

@@ -198,8 +198,8 @@ def row_key(raw: bytes | str) -> str:
         return ""
 
 
-_DEVICE_KEY_FIELDS = ("device_name", "torch_version", "transformers_version", "peft_version",
-                      "bitsandbytes_version")
+_DEVICE_KEY_FIELDS = ("device_name", "torch_version", "installed_transformers_version",
+                      "installed_peft_version", "installed_bitsandbytes_version")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -66,10 +66,16 @@ def provenance(slot: Slot, cuda_version: str = "") -> Provenance:
 
 class Children:
     """Starts the measuring children of one slot; with `warm`, the next child is started (and
-    imports torch & co.) while the current one measures, so a sample does not wait for imports."""
+    imports torch & co.) while the current one measures, so a sample does not wait for imports.
 
-    def __init__(self, slot: Slot, work_dir: Path, warm: bool = True):
+    `on_spawn(pid)` is called as each child starts, before it imports anything: a warm child's
+    preload (peft -> bitsandbytes) may create a CUDA context, and the GPU pool must count it as
+    the agent's own from then on, not as someone else's process."""
+
+    def __init__(self, slot: Slot, work_dir: Path, warm: bool = True,
+                 on_spawn: Callable[[int], None] | None = None):
         self.slot, self.work_dir, self.warm = slot, Path(work_dir), warm
+        self.on_spawn = on_spawn
         self._next: tuple[subprocess.Popen, Path] | None = None
 
     def _spawn(self) -> tuple[subprocess.Popen, Path]:
@@ -84,6 +90,8 @@ class Children:
                 stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.slot),
                 start_new_session=True,
             )
+        if self.on_spawn is not None:
+            self.on_spawn(child.pid)
         return child, log_path
 
     def take(self, warm_next: bool = True) -> tuple[subprocess.Popen, Path]:

@@ -35,7 +35,33 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "train_projector": (False, "freeze_multi_modal_projector: true"),
     "num_gpus": (1, "one process / GPU"),
     "zero_stage": (0, "deepspeed: none"),
+    # The stack (vram_ml/stack.py): what `pip install llamafactory==0.9.5` resolves. Its
+    # pyproject.toml pins transformers>=4.55.0,<=5.6.0, peft>=0.18.0,<=0.18.1,
+    # trl>=0.18.0,<=0.24.0; requirements/bitsandbytes.txt asks bitsandbytes>=0.39.0 (the newest).
+    "framework": ("llamafactory", "framework: llamafactory (llamafactory-cli train)"),
+    "transformers_version": ("5.6.0", "transformers 5.6.0 (LLaMA-Factory 0.9.5's newest)"),
+    "peft_version": ("0.18.1", "peft 0.18.1 (LLaMA-Factory 0.9.5's newest)"),
+    "trl_version": ("0.24.0", "trl 0.24.0 (LLaMA-Factory 0.9.5's newest)"),
+    "bitsandbytes_version": ("0.50.2", "bitsandbytes 0.50.2 (the newest on PyPI)"),
 }
+STACK_FIELDS = ("framework", "transformers_version", "peft_version", "trl_version",
+                "bitsandbytes_version")
+# transformers TrainingArguments.optim: adamw_torch up to 4.53 (training_args.py:1281 in
+# 4.53.3), adamw_torch_fused from 4.54 when torch >= 2.8 (4.54.1:1286-1291, 5.6.2:811-816).
+FUSED_ADAMW_FROM = (4, 54, 0)
+OLD_OPTIMIZER_DEFAULT = ("adamw_torch", "optim: adamw_torch (transformers < 4.54 default)")
+
+
+def optimizer_default(transformers_version: str | None) -> tuple[str, str]:
+    """(optimizer, source) the HF Trainer picks when `optim` is not set, for that version."""
+    from vram_ml.stack import parse_version
+
+    try:
+        old = transformers_version is not None and (
+            parse_version(transformers_version) < FUSED_ADAMW_FROM)
+    except ValueError:
+        old = False  # the Spec reports the bad version itself
+    return OLD_OPTIMIZER_DEFAULT if old else LLAMAFACTORY_DEFAULTS["optimizer"]
 
 
 IMAGE_FIELDS = ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector")
@@ -45,13 +71,18 @@ def default(field: str) -> object:
     return LLAMAFACTORY_DEFAULTS[field][0]
 
 
-def assumed_defaults(given: set[str] | dict, multimodal: bool) -> dict[str, str]:
-    """The defaults a spec took for the fields not given (image ones only for VLMs)."""
-    return {
+def assumed_defaults(given: set[str] | dict, multimodal: bool,
+                     transformers_version: str | None = None) -> dict[str, str]:
+    """The defaults a spec took for the fields not given (image ones only for VLMs; the
+    optimizer as `transformers_version`'s Trainer picks it)."""
+    assumed = {
         name: source
         for name, (_, source) in LLAMAFACTORY_DEFAULTS.items()
         if name not in given and (multimodal or name not in IMAGE_FIELDS)
     }
+    if "optimizer" in assumed:
+        assumed["optimizer"] = optimizer_default(transformers_version)[1]
+    return assumed
 
 
 # The example `vram-ml predict` answers with no arguments: LLaMA-Factory's

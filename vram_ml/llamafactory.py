@@ -154,18 +154,31 @@ def read_llamafactory_yaml(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"config: no such file {str(path)!r}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"config: cannot read {str(path)!r} ({type(error).__name__})") from None
+    return spec_from_llamafactory(parse_llamafactory_text(text, repr(str(path))), overrides)
+
+
+def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]:
+    """The mapping a LLaMA-Factory YAML holds (yaml.safe_load); `name` says which in errors.
+
+    Raises:
+        SpecError: not valid YAML, or not a mapping (one line).
+    """
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         line = getattr(getattr(error, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise SpecError(f"config: {str(path)!r} is not valid YAML{where}") from None
+        raise SpecError(f"config: {name} is not valid YAML{where}") from None
+    except RecursionError:
+        raise SpecError(f"config: {name} is nested too deeply") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"config: {str(path)!r} must be a mapping of LLaMA-Factory keys")
-    return spec_from_llamafactory(raw, overrides)
+        raise SpecError(f"config: {name} must be a mapping of LLaMA-Factory keys")
+    return raw
 
 
 def spec_from_llamafactory(
@@ -183,7 +196,8 @@ def spec_from_llamafactory(
         if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
     )
     spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
+    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
+                               spec.transformers_version)
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
@@ -201,6 +215,7 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     if "model_name_or_path" not in raw:
         raise SpecError("config: model_name_or_path is required")
     fields["model"] = str(take("model_name_or_path"))
+    fields["framework"] = "llamafactory"  # llamafactory-cli train's YAML (a flag may override)
     direct = {
         "lora_rank": "lora_rank",
         "lora_alpha": "lora_alpha",

@@ -121,9 +121,27 @@ def resolve_model(source: str, overrides: dict[str, Any] | None = None) -> Resol
         shape = shape_from_config(config)
     except (UnsupportedArchitecture, IncompleteConfig) as error:
         raise ModelSourceError(f"model {source!r}: {error}") from None
-    except (KeyError, TypeError, ZeroDivisionError) as error:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as error:
         raise ModelSourceError(f"model {source!r}: config lacks or mangles field {error}") from None
+    _check_shape(source, shape)
     return ResolvedModel(name=name, source_kind=kind, family=family, config=config, shape=shape)
+
+
+# A config's sizes must be positive whole numbers of a plausible magnitude: every estimator
+# divides by them, and a pasted or overridden config can hold anything.
+_SHAPE_SIZES = ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings")
+MAX_SHAPE_SIZE = 2**31
+
+
+def _check_shape(source: str, shape: ModelShape) -> None:
+    for name in _SHAPE_SIZES:
+        value = getattr(shape, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SHAPE_SIZE:
+            raise ModelSourceError(
+                f"model {source!r}: config {name} must be a whole number from 1 to "
+                f"{MAX_SHAPE_SIZE} (got {value!r})"
+            )
 
 
 def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,19 @@ This module is the schema both halves share: the agent writes samples, the learn
 them (and `model` never imports `agent`). One flat row per sample: spec fields, measurement
 fields, provenance fields; bytes are integers. `row_to_sample` validates a row and raises
 `SampleError` (one line) for a corrupt one.
+
+The target, `peak_vram_bytes` (`peak_vram()`, the one definition the measurement, the dataset
+checks and the analytical estimator use): what the GPU holds for the process at its peak, as the
+device's used memory (nvidia-smi's Memory-Usage) shows it =
+  `cuda_context_bytes`   memory outside PyTorch's caching allocator and outside managed memory,
+                         read after a warm-up step: the context, lazily loaded kernels, cuBLAS /
+                         cuDNN handles (`cold_context_bytes`: the same before any kernel ran)
++ `peak_reserved_bytes`  the caching allocator's peak (bitsandbytes keeps optimizer states of
+                         tensors under 1e5 elements here, paged optimizer or not)
++ `paged_bytes`          optimizer states bitsandbytes put in CUDA managed memory (paged
+                         optimizers, tensors of at least 1e5 elements), counted whole: on a card
+                         without memory pressure they live on the device (bitsandbytes prefetches
+                         them before each update); NVML's per-process figure leaves them out.
 """
 
 from __future__ import annotations
@@ -13,12 +26,12 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vram_ml.spec import Spec, SpecError, build_spec
+from vram_ml.spec import STACK_FIELDS, Spec, SpecError, build_spec
 
 Status = Literal["ok", "oom", "error"]
-Backend = Literal["cuda", "cpu", "simulated"]
+Backend = Literal["cuda", "published", "cpu", "simulated"]
 STATUSES = ("ok", "oom", "error")
-BACKENDS = ("cuda", "cpu", "simulated")
+BACKENDS = ("cuda", "published", "cpu", "simulated")  # published: datasets/published/
 
 
 class SampleError(ValueError):
@@ -35,9 +48,11 @@ class Measurement:
     peak_reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved over the steps
     setup_peak_allocated_bytes: int | None = None  # model build + peft, before the steps
     setup_peak_reserved_bytes: int | None = None
-    cuda_context_bytes: int | None = None  # NVML process memory before any tensor exists
+    cuda_context_bytes: int | None = None  # outside the allocator, after a warm-up step
+    cold_context_bytes: int | None = None  # the same with a context and no kernel run yet
+    paged_bytes: int | None = None  # optimizer states in CUDA managed memory (paged optimizers)
     nvml_peak_bytes: int | None = None  # NVML process peak sampled during the steps
-    peak_vram_bytes: int | None = None  # the target: cuda_context_bytes + peak_reserved_bytes
+    peak_vram_bytes: int | None = None  # the target: peak_vram(context, reserved, paged)
     step_seconds: float | None = None
     steps: int | None = None
 
@@ -46,6 +61,11 @@ class Measurement:
             raise SampleError(f"status: {self.status!r} is not one of {', '.join(STATUSES)}")
         if self.status == "ok" and self.peak_vram_bytes is None:
             raise SampleError("peak_vram_bytes: an ok sample needs its peak")
+
+
+def peak_vram(cuda_context_bytes: int, peak_reserved_bytes: int, paged_bytes: int | None) -> int:
+    """The target (see the module docstring): context + reserved peak + paged states."""
+    return cuda_context_bytes + peak_reserved_bytes + (paged_bytes or 0)
 
 
 @dataclass
@@ -61,9 +81,10 @@ class Provenance:
     driver_version: str = ""
     cuda_version: str = ""
     torch_version: str = ""
-    transformers_version: str = ""
-    peft_version: str = ""
-    bitsandbytes_version: str = ""
+    # the libraries installed where it ran (the spec's *_version fields name the stack it asks)
+    installed_transformers_version: str = ""
+    installed_peft_version: str = ""
+    installed_bitsandbytes_version: str = ""
     mlflow_run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -78,9 +99,9 @@ class Provenance:
                 self.backend,
                 self.device_name,
                 self.torch_version,
-                self.transformers_version,
-                self.peft_version,
-                self.bitsandbytes_version,
+                self.installed_transformers_version,
+                self.installed_peft_version,
+                self.installed_bitsandbytes_version,
             )
         )
 
@@ -129,7 +150,7 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     Raises:
         SampleError: a missing, corrupt or inconsistent field (one line).
     """
-    row = {key: _clean(value) for key, value in row.items()}
+    row = _from_before_stack({key: _clean(value) for key, value in row.items()})
     spec_fields: dict[str, Any] = {}
     for name in SPEC_COLUMNS:
         if row.get(name) is None:
@@ -147,7 +168,7 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
         spec = build_spec(**_coerce_spec(spec_fields))
     except SpecError as error:
         raise SampleError(str(error)) from None
-    if row.get("spec_id") and row["spec_id"] != spec.spec_id:
+    if row.get("spec_id") and row["spec_id"] != spec.spec_id and not _made_before_stack(row, spec):
         raise SampleError(f"spec_id: {row['spec_id']} does not match its spec ({spec.spec_id})")
     try:
         measurement = Measurement(**_coerce(Measurement, row))
@@ -155,6 +176,30 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     except TypeError as error:
         raise SampleError(str(error).split("(")[-1].rstrip(")")) from None
     return Sample(spec, measurement, provenance)
+
+
+# Rows written before the stack was part of the spec (SPEC_VERSION 1) have no `framework`
+# column, and their transformers/peft/bitsandbytes_version columns are the installed versions.
+_V1_PROVENANCE = ("transformers_version", "peft_version", "bitsandbytes_version")
+
+
+def _from_before_stack(row: dict[str, Any]) -> dict[str, Any]:
+    """A SPEC_VERSION 1 row as a current one: its versions moved to the installed_* columns."""
+    if row.get("framework") is not None:
+        return row
+    row = dict(row)
+    for name in _V1_PROVENANCE:
+        value = row.pop(name, None)
+        if value is not None and row.get(f"installed_{name}") is None:
+            row[f"installed_{name}"] = value
+    return row
+
+
+def _made_before_stack(row: dict[str, Any], spec: Spec) -> bool:
+    """A SPEC_VERSION 1 row keeps its old spec_id; it loads with the default stack and gets the
+    new id."""
+    return (not any(row.get(name) is not None for name in STACK_FIELDS)
+            and row["spec_id"] == spec.spec_id_v1())
 
 
 def _clean(value: Any) -> Any:

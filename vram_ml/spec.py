@@ -15,20 +15,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vram_ml.defaults import default
+from vram_ml.architectures import ModelShape
+from vram_ml.defaults import STACK_FIELDS, default, optimizer_default
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
+from vram_ml.stack import LIBRARIES, check_version, parse_version
 
 Method = Literal["full", "freeze", "lora", "qlora"]
 # bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
 # pure_bf16: everything bf16, no upcast. fp32: everything fp32.
 # no_amp: half-precision weights without autocast (LLaMA-Factory when neither flag is set).
+# Under framework trl the weights are loaded in that precision and nothing trainable is upcast
+# (peft's adapters aside), so pure_bf16 and no_amp train the same way there.
 Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
 Attention = Literal["eager", "sdpa", "flash_attention_2"]
 Optimizer = Literal[
     "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
     "sgd", "adafactor",
 ]
-SPEC_VERSION = 1  # bump when a field's meaning changes: old spec_ids must not collide with new
+# llamafactory: llamafactory-cli train; trl: Hugging Face Trainer / TRL SFTTrainer + peft
+# (vram_ml/stack.py; what each does to memory: model/formulas/stack.py).
+Framework = Literal["llamafactory", "trl"]
+SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
+# 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
 
 
 class SpecError(ValueError):
@@ -65,6 +73,31 @@ class Spec(BaseModel):
     train_projector: bool = default("train_projector")
     num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
+    # --- the stack: the framework and the library versions whose code moves memory ---
+    framework: Framework = default("framework")
+    transformers_version: str = default("transformers_version")
+    peft_version: str = default("peft_version")
+    trl_version: str = default("trl_version")
+    bitsandbytes_version: str = default("bitsandbytes_version")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_stack(cls, data: Any) -> Any:
+        """Versions as release numbers, within what the rules cover for the framework; the
+        optimizer the spec's transformers version picks when none is given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        framework = str(data.get("framework") or default("framework"))
+        for library in LIBRARIES:
+            name = f"{library}_version"
+            try:
+                data[name] = check_version(library, data.get(name) or default(name), framework)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        if "optimizer" not in data:
+            data["optimizer"] = optimizer_default(data["transformers_version"])[0]
+        return data
 
     @field_validator("lora_target", mode="before")
     @classmethod
@@ -90,15 +123,17 @@ class Spec(BaseModel):
             raise ValueError("precision: pure_bf16 is incompatible with ZeRO-3 (LLaMA-Factory)")
         if self.method == "qlora" and self.zero_stage == 3:
             raise ValueError("zero_stage: bitsandbytes QLoRA with ZeRO-3 is not modelled")
+        if self.framework == "trl" and self.method == "freeze":
+            raise ValueError("method: freeze tuning is LLaMA-Factory's; trl trains full, lora "
+                             "or qlora")
         self._check_model()
         return self
 
     def _check_model(self) -> None:
         try:
-            resolved = self.resolved_model
+            shape = self.shape  # resolves the model
         except ModelSourceError as error:
             raise ValueError(str(error)) from None
-        shape = resolved.shape
         if self.seq_len > shape.max_position_embeddings:
             raise ValueError(
                 f"seq_len: {self.seq_len} exceeds the model's max positions "
@@ -123,14 +158,22 @@ class Spec(BaseModel):
     def resolved_model(self) -> ResolvedModel:
         return resolve_model(self.model, dict(self.model_overrides))
 
+    @cached_property
+    def shape(self) -> ModelShape:
+        """The model's shape as the spec's transformers version builds it (4.x: MoE experts and
+        routers as nn.Linear modules; 5.x: fused 3-D parameters)."""
+        major = parse_version(self.transformers_version)[0]
+        return self.resolved_model.shape.for_transformers(major)
+
     @property
     def effective_lora_alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
     @property
     def target_modules(self) -> tuple[str, ...]:
-        """LoRA target module names, with `all` expanded to every decoder-layer linear."""
-        shape = self.resolved_model.shape
+        """LoRA target module names, with `all` expanded to every decoder-layer linear (as the
+        spec's transformers version builds the layer)."""
+        shape = self.shape
         return shape.linear_names if self.lora_target == ("all",) else self.lora_target
 
     def canonical(self) -> dict[str, Any]:
@@ -145,6 +188,14 @@ class Spec(BaseModel):
     @cached_property
     def spec_id(self) -> str:
         payload = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def spec_id_v1(self) -> str:
+        """The id SPEC_VERSION 1 gave this spec (no stack fields): what rows made before the
+        stack was part of the spec carry."""
+        fields = {k: v for k, v in self.canonical().items() if k not in STACK_FIELDS}
+        fields["spec_version"] = 1
+        payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -47,6 +47,14 @@ class Prediction:
         return self.answer.estimator
 
     @property
+    def peak_vram_bytes(self) -> int:
+        return self.answer.peak_vram_bytes
+
+    @property
+    def upper_vram_bytes(self) -> int | None:
+        return self.answer.upper_vram_bytes
+
+    @property
     def bound_vram_bytes(self) -> int:
         return self.answer.upper_vram_bytes or self.answer.peak_vram_bytes
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas import experts
-from vram_ml.model.formulas.model_states import Dtypes, adapter_tensors, numel, vision_linears
+from vram_ml.model.formulas.model_states import (
+    Dtypes,
+    adapter_tensors,
+    layer_norm_params,
+    numel,
+    vision_linears,
+)
+from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
     from vram_ml.architectures import LinearShape, ModelShape
@@ -107,14 +114,14 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
     RMSNorm saves its input and the row rstd only.
     """
     hidden = shape.hidden_size
-    other = shape.layer_other_params - shape.num_experts * hidden  # the router is there
+    other = layer_norm_params(shape)
     if shape.model_type in LAYERNORM_TYPES:
         width = 4 if dt.autocast else dt.hidden
         return hidden * width, max(1, other // (2 * hidden)), width
     count = max(1, other // hidden)
     if liger_applies(spec):
         return hidden * dt.hidden, count, dt.hidden
-    weight = dt.trainable if trainable else dt.frozen
+    weight = dt.trainable if trainable else dt.norm_bytes
     return hidden * (4 + (dt.hidden if trainable else 0)), count, max(weight, dt.hidden)
 
 
@@ -172,19 +179,36 @@ def _mlp_groups(shape: ModelShape) -> list[tuple[int, bool, int, bool]]:
     return groups
 
 
+def mlp_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, expert: bool) -> int:
+    """Bytes per element of an MLP's projections' outputs (and what its activation keeps):
+    bitsandbytes layers return their input's dtype (`matmul_4bit(...).to(inp_dtype)`,
+    bitsandbytes@0.50.1 nn/modules.py:626-637; MatMul8bitLt, autograd/_functions.py:175), so
+    under QLoRA they follow the norm's output (fp32 with TRL's fp32 norms); the rest autocast to
+    the compute dtype. Fused experts are not bitsandbytes layers."""
+    if spec.method != "qlora" or (expert and shape.has_fused_experts):
+        return dt.compute
+    return max(dt.compute, _norms(spec, shape, dt, False)[2])
+
+
 def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> float:
     """Per token: gated MLP keeps act input, act output, up (3 I; Liger's SwiGLU 2 I); plain MLP
     the activation's saved input(s); routed experts what experts.py says."""
     total = 0
     lora_experts = bool(experts.lora_expert_ranks(spec, shape))
     for inter, gated, _, expert in _mlp_groups(shape):
-        if expert:  # LoRA on fused experts makes their weights need a gradient: inputs saved
+        if expert and shape.has_fused_experts:  # LoRA on fused experts: their inputs saved
             total += experts.expert_saved_per_token(shape, inter, gated, dt,
                                                     trainable or lora_experts)
             continue
-        saved = (2 if liger_applies(spec) else 3) * dt.compute if gated else (
+        width = mlp_bytes(spec, shape, dt, expert)
+        per_token = shape.num_experts_per_tok if expert else 1
+        saved = (2 if liger_applies(spec) and not expert else 3) * width if gated else (
             activation_bytes(spec.resolved_model.config.get("hidden_act"), dt))
-        total += saved * inter
+        # transformers 4.x experts (one nn.Linear each, StackRules.fused_experts): k expert
+        # MLPs per token, their outputs scaled by the routing weight, the router's logits
+        total += per_token * (saved * inter + (shape.hidden_size * dt.compute if expert else 0))
+    if shape.num_experts and not shape.has_fused_experts:
+        total += shape.num_experts * (dt.compute + 8)
     return total
 
 
@@ -221,7 +245,10 @@ def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
     for (role, expert), members in _layout(shape).items():
         if role not in roles:
             continue
-        x_bytes = norm_out if role in ("attn_in", "mlp_in") else dt.compute
+        if role in ("attn_in", "mlp_in"):
+            x_bytes = norm_out
+        else:  # attention's output (autocast), or the MLP product (mlp_bytes)
+            x_bytes = mlp_bytes(spec, shape, dt, expert) if role == "mlp_out" else dt.compute
         per_token = shape.num_experts_per_tok if expert else 1
         shared, own = False, 0
         for lin in members:
@@ -263,11 +290,13 @@ def layer_activation_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: i
 
 
 def checkpoint_kept_per_token(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
-    """Per token and layer, what checkpointing does not drop: the layer's input, and under
-    the recipe's non-reentrant checkpoint the inputs bitsandbytes' MatMul8bitLt keeps in
-    `ctx.tensors` (not saved tensors, so checkpoint's hooks never see them)."""
+    """Per token and layer, what checkpointing does not drop: the layer's input, and under a
+    non-reentrant checkpoint (StackRules.reentrant_checkpoint) the inputs bitsandbytes'
+    MatMul8bitLt keeps in `ctx.tensors` (not saved tensors, so checkpoint's hooks never see them;
+    reentrant runs the forward under no_grad, where no ctx survives)."""
     kept = shape.hidden_size * dt.hidden
-    if spec.method == "qlora" and spec.quant_bits == 8:
+    reentrant = StackRules.of(spec).reentrant_checkpoint
+    if spec.method == "qlora" and spec.quant_bits == 8 and not reentrant:
         for (_, expert), members in _layout(shape).items():
             kept += 0 if expert else members[0].in_features * dt.compute
     return kept
@@ -322,7 +351,9 @@ def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int
     else:
         expanded = 2 * heads * hd * dt.compute if kv < heads else 0
         attention = (heads + 2 * kv) * hd * dt.compute + heads * hd * 4 + expanded + heads * 4
-    mlp = max([2 * inter * dt.compute for inter, _, _, expert in _mlp_groups(shape) if not expert]
+    mlp = max([2 * inter * mlp_bytes(spec, shape, dt, expert) * (per if expert else 1)
+               for inter, _, per, expert in _mlp_groups(shape)
+               if not (expert and shape.has_fused_experts)]
               + [experts.expert_transient_per_token(shape, dt),
                  _lora_backward_transient(spec, shape, dt)
                  + experts.pending_routed_gradient(shape, dt)])

@@ -3,14 +3,16 @@
 Terms in activations.py (decoder layers), vision.py (the vision tower) and model_states.py
 (parameters, quantization, optimizer, ZeRO). The peak is not a sum of terms, each term is alive
 during part of a step. In steady state (step >= 2: optimizer states exist;
-`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of nine
-moments:
+`zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of these
+moments (and of `load`, before training):
 
 - `layer_forward` (MoE): resident + saved activations + what the last layer's routed experts
   hold while they run (experts.py), before the logits exist.
 - `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
   for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
   half weight copies autocast caches for checkpointed layers (freed when forward returns).
+- `loss_metrics` (trl >= 0.16): resident + saved activations + the fp32 logits the trainer keeps
+  for its entropy and token accuracy, their working set, the saved log-softmax.
 - `loss_backward`: resident + saved activations + cross-entropy backward, 12 bytes per logit
   (Liger: one chunk of logits and the input gradient, made in forward).
 - `head_backward`: resident + saved activations + the logits' gradient in the compute dtype + the
@@ -24,11 +26,18 @@ moments:
 - `vision_backward` (VLMs whose tower is in the graph): resident + all gradients + the tower's
   saved tensors, one block recomputed and its backward working set.
 - `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
+- `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
+  asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
+
+What the framework and library versions change is asked of `StackRules` (stack.py); the notes
+say when one of its rules moved the answer (stack_notes.py).
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
 micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. Then peak_reserved =
-peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram = CUDA_CONTEXT_BYTES + peak_reserved
-+ paged optimizer states (CUDA managed memory, outside PyTorch's allocator). The breakdown is the
+peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram = sample.peak_vram(CUDA_CONTEXT_BYTES,
+peak_reserved, paged optimizer states), the measured target's definition (vram_ml/sample.py): a
+paged optimizer's states of tensors of at least 1e5 elements are in CUDA managed memory, outside
+PyTorch's allocator, the rest in it (model_states.paged_state_bytes). The breakdown is the
 peak moment's composition (it adds up to peak_vram_bytes); `analytical_terms` gives every term at
 its own size and each moment's total, for the learned model's features.
 """
@@ -41,15 +50,19 @@ from typing import TYPE_CHECKING
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
 from vram_ml.model.formulas import experts, vision
-from vram_ml.model.formulas.model_states import Dtypes, ModelStates, model_states
+from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
+from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
+from vram_ml.model.formulas.stack_notes import stack_notes
+from vram_ml.sample import peak_vram
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
 
 MIB = 1024**2
-# Assumption: a torch CUDA context on an H100 with lazy module loading (NVML shows it, no tensor
-# holds it); the agent measures it per device and GPU samples should replace this number.
+# Assumption: a torch CUDA context on an H100 with lazy module loading, after a warm-up step
+# (kernels loaded, cuBLAS / cuDNN handles: NVML shows it, no tensor holds it), as the target's
+# cuda_context_bytes; the agent measures it per device and GPU samples should replace this number.
 CUDA_CONTEXT_BYTES = 500 * MIB
 # Assumption: the caching allocator reserves this fraction above the allocated peak (block
 # rounding, segments split by transient tensors); to be fitted on GPU samples.
@@ -57,8 +70,9 @@ ALLOCATOR_FRAGMENTATION = 0.05
 # Upper bound = peak x (1 + UPPER_MARGIN): room for fragmentation and kernel workspaces beyond the
 # model, until GPU samples calibrate it. Lower bound = context + allocated peak (no fragmentation).
 UPPER_MARGIN = 0.15
-MOMENTS = ("layer_forward", "forward_end", "loss_backward", "head_backward", "layer_backward",
-           "backward_end", "vision_forward", "vision_backward", "optimizer_step")
+MOMENTS = ("layer_forward", "forward_end", "loss_metrics", "loss_backward", "head_backward",
+           "layer_backward", "backward_end", "vision_forward", "vision_backward", "optimizer_step",
+           "load")
 
 
 # --- analytical: what is alive when -----------------------------------------------------------
@@ -107,11 +121,24 @@ def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
 
 def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
     """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
-    log-softmax output (Liger: its chunk, as in `logits_bytes`)."""
+    log-softmax output, and before transformers 4.49 the shifted fp32 copy
+    (StackRules.forward_logit_bytes; Liger: its chunk, as in `logits_bytes`)."""
     if terms.liger_applies(spec):
         return logits_bytes(spec, tokens, dt)[0]
-    upcast = 4 if dt.compute < 4 else 0
-    return tokens * spec.resolved_model.shape.vocab_size * (dt.compute + upcast + 4)
+    per_logit = StackRules.of(spec).forward_logit_bytes(dt.compute)
+    return tokens * spec.resolved_model.shape.vocab_size * per_logit
+
+
+def metrics_logits_bytes(spec: Spec, tokens: int) -> int:
+    """TRL's compute_loss after the forward (StackRules.trl_accuracy): the fp32 logits and the
+    saved log-softmax, with the larger of its entropy chunk (log-softmax, exp and product of
+    128 rows, fp32) and the accuracy's shifted fp32 copy + its int64 argmax. 0 for the others."""
+    rules = StackRules.of(spec)
+    if not rules.trl_accuracy or terms.liger_applies(spec):
+        return 0
+    vocab = spec.resolved_model.shape.vocab_size
+    entropy = 3 * min(ENTROPY_CHUNK_ROWS, tokens) * vocab * 4 if rules.trl >= ENTROPY_FROM else 0
+    return 8 * tokens * vocab + max(entropy, 4 * tokens * vocab + 8 * tokens)
 
 
 def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) -> int:
@@ -126,8 +153,13 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
     """
     seq, hidden = spec.seq_len, shape.hidden_size
     if spec.gradient_checkpointing:
+        if spec.method == "freeze" and not StackRules.of(spec).checkpoints_frozen_layers:
+            last = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
+            groups = shape.groups_of_layers(last)  # LLaMA-Factory: only trainable layers
+        else:
+            groups = shape.layer_groups
         per_token = sum(count * terms.checkpoint_kept_per_token(spec, group, dt)
-                        for count, group in shape.layer_groups)
+                        for count, group in groups)
     elif spec.method == "freeze":
         last = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
         per_token = sum(count * terms.layer_activation_per_token(spec, group, dt, seq, True)
@@ -144,7 +176,7 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
         windowed = 0 < shape.attention.sliding_layers < shape.num_layers
         per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
-    cast, head = terms.autocast_weight_params(spec, shape) if dt.autocast else (0, 0)
+    cast, head = terms.autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
     cast_saved = head if spec.gradient_checkpointing else cast
     merged = 0 if spec.gradient_checkpointing else sum(
         count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
@@ -155,7 +187,7 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
 def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     """Half weight copies the autocast cache holds until forward ends but no op saved
     (checkpointed layers'); freed when the autocast context exits, before backward."""
-    if not dt.autocast or not spec.gradient_checkpointing:
+    if not dt.casts_trainable or not spec.gradient_checkpointing:
         return 0
     cast, head = terms.autocast_weight_params(spec, shape)
     return 2 * (cast - head) // _weight_shards(spec)
@@ -167,7 +199,11 @@ def _weight_shards(spec: Spec) -> int:
 
 def analyse(spec: Spec) -> Analysis:
     """Every term of the analytical model for `spec`, and when each is alive."""
-    shape = spec.resolved_model.shape
+    given, rules = spec, StackRules.of(spec)
+    padded = rules.padded_seq_len(spec.seq_len)
+    if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
+        spec = spec.model_copy(update={"seq_len": padded})
+    shape = spec.shape  # as the spec's transformers version builds it
     dt = Dtypes.of(spec)
     tokens = spec.batch_size * spec.seq_len
     states = model_states(spec, shape, dt)
@@ -190,6 +226,8 @@ def analyse(spec: Spec) -> Analysis:
         "forward_end": {**resident, "activations": activations,
                         "logits": forward_logits_bytes(spec, tokens, dt),
                         "temporaries": autocast_cache_extra(spec, shape, dt)},
+        "loss_metrics": {**resident, "activations": activations,
+                         "logits": metrics_logits_bytes(spec, tokens)},
         "loss_backward": {**resident, "activations": activations, "logits": loss_set},
         "head_backward": {**resident, "activations": activations, "logits": head_extra,
                           "temporaries": states.gathered_head},
@@ -199,10 +237,13 @@ def analyse(spec: Spec) -> Analysis:
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
         "vision_backward": {**resident, "activations": vision.vision_backward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
+        "load": {"weights": states.weights, "quantization_constants": states.quantization_constants,
+                 "temporaries": load_extra(spec, shape, dt)},
     }
     made = {
         # Liger makes the head's weight gradient inside forward
         "forward_end": states.head_gradients if terms.liger_applies(spec) else 0,
+        "loss_metrics": states.head_gradients if terms.liger_applies(spec) else 0,
         "loss_backward": states.head_gradients if terms.liger_applies(spec) else 0,
         "head_backward": states.head_gradients,
         "layer_backward": states.head_gradients + states.layer_gradients,
@@ -216,12 +257,14 @@ def analyse(spec: Spec) -> Analysis:
     peak_moment = max(MOMENTS, key=lambda name: totals[name])
     allocated = totals[peak_moment]
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
-    notes = [*_notes(spec, shape),
-             f"peak at {peak_moment.replace('_', ' ')} (steady state: optimizer step >= 2)"]
+    when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
+    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
+             f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
         moments=moments, peak_moment=peak_moment, peak_allocated=allocated,
-        peak_reserved=reserved, peak_vram=CUDA_CONTEXT_BYTES + reserved + states.paged_optimizer,
+        peak_reserved=reserved,
+        peak_vram=peak_vram(CUDA_CONTEXT_BYTES, reserved, states.paged_optimizer),
         notes=tuple(notes),
     )
 
@@ -241,7 +284,8 @@ def _notes(spec: Spec, shape: ModelShape) -> list[str]:
         if shape.vision.kind == "mllama":
             notes.append("mllama: cross-attention over image states not modelled")
     if spec.optimizer.startswith("paged_"):
-        notes.append("paged optimizer states: CUDA managed memory, outside PyTorch's allocator")
+        notes.append("paged optimizer states: CUDA managed memory, outside PyTorch's allocator "
+                     "(tensors of at least 1e5 elements; smaller ones in it)")
     return notes
 
 

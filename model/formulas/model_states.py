@@ -13,6 +13,7 @@ from math import ceil
 from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.experts import lora_expert_ranks, lora_linear_targets
+from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -27,6 +28,9 @@ NF4_CODE_BYTES = 16 * 4  # the 16-value fp32 code each QuantState keeps
 # min_8bit_size = 4096 elements, fp32 states below that.
 BNB_8BIT_MIN_SIZE = 4096
 BNB_8BIT_BLOCKSIZE = 256
+# Paged optimizers (Optimizer8bit.get_state_buffer): only the states of tensors of at least 1e5
+# elements go to CUDA managed memory; smaller ones, and 8-bit absmax, stay in PyTorch's allocator.
+BNB_PAGED_MIN_SIZE = 100_000
 # LLaMA-Factory examples/deepspeed/ds_z{0,2}_config.json: reduce_bucket_size 5e8 elements;
 # ds_z3_config.json: stage3_max_live_parameters 1e9, prefetch bucket "auto" = 0.9 x hidden^2.
 ZERO_BUCKET_ELEMENTS = 500_000_000
@@ -39,12 +43,23 @@ Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector o
 class Dtypes:
     """Bytes per element of each kind of tensor, for one spec (the Spec docstring's semantics)."""
 
-    frozen: int  # frozen, unquantized weights (LLaMA-Factory's compute dtype)
+    frozen: int  # frozen, unquantized weights (the compute dtype: LLaMA-Factory's, trl's load)
     trainable: int  # trainable parameters and their gradients
     compute: int  # matmul outputs and most saved activations
     hidden: int  # the residual stream (the embedding's dtype, promoted by the residual adds)
     autocast: bool
     master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
+    norm: int = 0  # frozen norm weights, when not `frozen` (TRL's QLoRA: fp32)
+
+    @property
+    def norm_bytes(self) -> int:
+        return self.norm or self.frozen
+
+    @property
+    def casts_trainable(self) -> bool:
+        """Autocast makes a half copy of each trainable weight a matmul reads (fp32 ones only:
+        TRL's bf16 full fine-tuning has none)."""
+        return self.autocast and self.trainable > self.compute
 
     @classmethod
     def of(cls, spec: Spec) -> Dtypes:
@@ -54,8 +69,19 @@ class Dtypes:
             # DeepSpeed bf16/fp16 casts the module to half; fp32 master weights live in the
             # optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no torch autocast.
             return cls(2, 2, 2, 2, False, 4)
-        if spec.precision == "pure_bf16":
-            return cls(2, 2, 2, 2, False, 0)
+        rules = StackRules.of(spec)
+        adapters = spec.method in ("lora", "qlora")
+        if not rules.llamafactory:
+            # TRL: nothing upcast but the adapters (peft) and, under QLoRA, the norms, whose
+            # fp32 outputs turn the residual stream fp32 (StackRules.norms_fp32; 8-bit under
+            # peft's prepare: the embeddings too). Autocast only with the bf16 / fp16 flags
+            # (pure_bf16 and no_amp: a half-precision model trained as loaded).
+            trainable = (4 if rules.fp32_adapters else 2) if adapters else 2
+            norm = rules.frozen_bytes("norm", 2)
+            hidden = max(norm, rules.frozen_bytes("embedding", 2))
+            return cls(2, trainable, 2, hidden, spec.precision in ("bf16", "fp16"), 0, norm)
+        if spec.precision == "pure_bf16":  # LoRA adapters stay fp32: peft casts them
+            return cls(2, 4 if adapters else 2, 2, 2, False, 0)
         # bf16/fp16 AMP and no_amp: half frozen weights, trainable params upcast to fp32
         # (LLaMA-Factory's cast_trainable_params_to_fp32). Full fine-tuning upcasts everything,
         # so without autocast it computes in fp32 and with it the residual stream stays fp32.
@@ -68,7 +94,7 @@ class Dtypes:
         """Without autocast an fp32 trainable layer computes in fp32 (its norm's fp32 weight
         promotes the stream): freeze + no_amp."""
         if trainable and not self.autocast and self.trainable == 4:
-            return Dtypes(self.frozen, 4, 4, 4, False, self.master)
+            return Dtypes(self.frozen, 4, 4, 4, False, self.master, self.norm)
         return self
 
 
@@ -111,6 +137,52 @@ def _layer_tensors(shape: ModelShape) -> Tensors:
 def _layers_tensors(groups: list[tuple[int, ModelShape]] | tuple) -> Tensors:
     """The parameters of `count` layers of each kind (layer groups, see ModelShape)."""
     return [(t[0], t[1], t[2] * count) for count, group in groups for t in _layer_tensors(group)]
+
+
+def layer_norm_params(shape: ModelShape) -> int:
+    """Norm weights (and biases) of one decoder layer: its other parameters but the router that
+    transformers 5 keeps outside the linears (Mixtral's MixtralTopKRouter.weight)."""
+    router = shape.num_experts * shape.hidden_size if shape.has_fused_experts else 0
+    return shape.layer_other_params - router
+
+
+def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
+    """QLoRA's unquantized parameters by `StackRules.frozen_bytes` kind: norms (per layer + the
+    final one), embeddings + output head, and the rest (fused experts, routers, biases of the
+    quantized linears, the vision tower's non-linear parameters, extra glue), per layer group."""
+    norms = other = 0
+    for count, group in shape.layer_groups:
+        per_layer = layer_norm_params(group)
+        fused = sum(lin.params for lin in group.layer_linears if lin.fused)
+        biases = sum(lin.out_features * lin.count for lin in group.layer_linears
+                     if lin.bias and not lin.fused)
+        norms += count * per_layer
+        other += count * (fused + biases + group.layer_other_params - per_layer)
+    if shape.vision is not None:
+        other += shape.vision.tower_params - numel(vision_linears(shape))
+    return {"norm": norms + shape.final_norm_params,
+            "embedding": shape.embedding_params + shape.lm_head_params,
+            "other": other + shape.extra_params}
+
+
+def upcast_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Bytes the stack's QLoRA casts add over keeping frozen unquantized weights in the compute
+    dtype (StackRules.frozen_bytes: peft's prepare_model_for_kbit_training, TRL's norm casts)."""
+    if spec.method != "qlora":
+        return 0
+    rules = StackRules.of(spec)
+    return sum(params * (rules.frozen_bytes(kind, dt.frozen) - dt.frozen)
+               for kind, params in frozen_kind_params(shape).items())
+
+
+def fp32_kept_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Parameters transformers creates in fp32 whatever the load dtype (DeepSeek / GLM-4.5 routers,
+    gpt-oss norms: ModelShape.fp32_params), beyond their dtype's bytes (unless a QLoRA cast
+    already made the "other" parameters fp32)."""
+    kept = dt.trainable if spec.method == "full" else dt.frozen
+    if spec.method == "qlora" and StackRules.of(spec).frozen_bytes("other", dt.frozen) == 4:
+        return 0
+    return shape.fp32_params * max(0, 4 - kept)
 
 
 def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
@@ -226,6 +298,16 @@ def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple
     return states, temporaries
 
 
+def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
+    """The part of a bitsandbytes paged optimizer's states in CUDA managed memory: the uint8
+    (8-bit) or fp32 (32-bit) states of tensors of at least BNB_PAGED_MIN_SIZE elements, the rest
+    of `optimizer_bytes` being in the caching allocator (vram_ml/sample.py: the target counts
+    the two separately, the measurement reads them separately)."""
+    per_element = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    return sum(per_element * rows * max(cols, 1) * count for rows, cols, count in tensors
+               if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
+
+
 # --- model states: weights, gradients, optimizer (ZeRO sharding) ------------------------------
 
 
@@ -242,8 +324,8 @@ class ModelStates:
     gradient_buffers: int  # DDP buckets / ZeRO reduce bucket
     head_gradients: int  # made at lm_head backward (full fine-tuning)
     layer_gradients: int  # one decoder layer's
-    optimizer: int  # in PyTorch's allocator
-    paged_optimizer: int  # bitsandbytes paged states (CUDA managed memory)
+    optimizer: int  # in PyTorch's allocator (a paged optimizer's small tensors' states too)
+    paged_optimizer: int  # bitsandbytes paged states in CUDA managed memory
     optimizer_temporaries: int
     tied_gradient: int  # a tied embedding's input-side gradient before it is added in
     dequantized: int  # one quantized weight dequantized (QLoRA forward/backward)
@@ -264,14 +346,13 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     packed = numel(quantized)
     frozen = shape.total_params - base_params - packed
     weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
-    weights += base_params * dt.trainable
-    # parameters transformers keeps in fp32 (routers, gpt-oss norms): 4 bytes whatever the dtype
-    kept = dt.trainable if spec.method == "full" else dt.frozen
-    weights += shape.fp32_params * max(0, 4 - kept)
+    weights += base_params * dt.trainable + upcast_bytes(spec, shape, dt)
+    weights += fp32_kept_bytes(spec, shape, dt)
     trainable = base + adapters
     params = base_params + adapter_params
     state_bytes = 4 if dt.master else dt.trainable
     states, temporaries = optimizer_bytes(spec.optimizer, trainable, state_bytes)
+    paged = paged_state_bytes(spec.optimizer, trainable)
     states += params * dt.master
     temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
     shard_w, shard_g, shard_o = (gpus if stage >= level else 1 for level in (3, 2, 1))
@@ -288,7 +369,6 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
-    paged = spec.optimizer.startswith("paged_")
     gathered = stage == 3
     return ModelStates(
         weights=weights // shard_w,
@@ -301,8 +381,8 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
         head_gradients=(head + shape.final_norm_params) * dt.trainable // shard_g
         if spec.method == "full" else 0,
         layer_gradients=one_layer * dt.trainable // shard_g,
-        optimizer=0 if paged else states // shard_o,
-        paged_optimizer=states // shard_o if paged else 0,
+        optimizer=(states - paged) // shard_o,
+        paged_optimizer=paged // shard_o,
         optimizer_temporaries=temporaries // shard_o,
         tied_gradient=shape.embedding_params * dt.trainable // shard_g
         if spec.method == "full" and not shape.lm_head_params else 0,
@@ -313,3 +393,19 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
                            shape.last_layer.layer_params + shape.hidden_size**2) * dt.frozen
         if gathered else 0,
     )
+
+
+def load_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """What loading adds over the loaded weights, at its worst moment (QLoRA only):
+    transformers 5.0-5.3's asynchronous loading can hold every quantized layer's checkpoint
+    tensor in full precision on the device before the quantizer reaches it
+    (StackRules.async_quantized_load); peft's prepare_model_for_kbit_training holds the embeddings
+    and head in fp32 until TRL casts them back to bf16 (StackRules.bf16_recast)."""
+    if spec.method != "qlora":
+        return 0
+    rules = StackRules.of(spec)
+    loading = numel(quantized_tensors(spec, shape)) * dt.frozen if rules.async_quantized_load else 0
+    recast = 0
+    if rules.peft_kbit_prepare and rules.bf16_recast:
+        recast = frozen_kind_params(shape)["embedding"] * (4 - dt.frozen)
+    return max(loading, recast)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.activations import activation_bytes
 from vram_ml.model.formulas.model_states import Dtypes
+from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -63,7 +64,8 @@ def image_geometry(spec: Spec) -> ImageGeometry:
 
 
 
-def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
+def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int,
+                            frozen: bool = False) -> int:
     """A ViT layer per patch (towers are usually frozen; checked on LLaVA's CLIP and Qwen2-VL):
     two norms' fp32 copies, the attention core, the MLP activation (QuickGELU for CLIP and
     Qwen2-VL, SwiGLU for Qwen2.5-VL, GELU for SigLIP), the linears' inputs. Qwen2-VL's fused qkv
@@ -73,12 +75,17 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     qwen = v.kind in ("qwen2_vl", "qwen2_5_vl")
     if spec.attention == "eager":
         core = 3 * h * dt.compute + heads * patches * (4 + dt.compute)
-    else:
-        core = (7 if qwen else 4) * h * dt.compute + heads * 4
-    core += 2 * (h // heads) * 4 if qwen else 0
-    act = {"qwen2_5_vl": 3 * dt.compute, "siglip": dt.compute}.get(
+    else:  # Qwen: qkv's output, q and k after rotary, the output (+ o_proj's input if trained)
+        core = ((6 if frozen else 7) if qwen else 4) * h * dt.compute + heads * 4
+    # Qwen's fp32 rotary cos / sin: shared by every block (in _vision_shared_bytes) when frozen
+    core += 2 * (h // heads) * 4 if qwen and not frozen else 0
+    gated, tanh_gelu = 3 * dt.compute, dt.compute  # SwiGLU; F.gelu keeps its input
+    act = {"qwen2_5_vl": gated, "glm4v": gated, "pixtral": gated, "siglip": tanh_gelu,
+           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu}.get(
         v.kind, activation_bytes("quick_gelu", dt))
-    return 2 * h * 4 + core + act * inter + (3 * h + inter) * dt.compute
+    # the linears' inputs, kept for their weights' (or LoRA's) gradients: none when frozen
+    inputs = 0 if frozen else (3 * h + inter) * dt.compute
+    return 2 * h * 4 + core + act * inter + inputs
 
 
 def pixel_bytes(spec: Spec) -> int:
@@ -108,10 +115,32 @@ def vision_in_graph(spec: Spec) -> bool:
     (modeling_clip.py:588, modeling_utils.py:983-985). The patch embedding's output then requires
     grad and every frozen block after it is in the graph; without checkpointing nothing installs
     the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing.
-    Qwen3-VL's and GLM-4.1V's vision models expose no input embedding (VisionShape
-    `hooked_when_checkpointed`): frozen, they stay out of the graph even then."""
+    transformers 4.x hooks only the top model's embeddings, LLaMA-Factory only for LoRA without
+    quantization (StackRules.hooks_every_input_embedding). Qwen3-VL's and GLM-4.1V's vision
+    models expose no input embedding (VisionShape `hooked_when_checkpointed`): frozen, they stay
+    out of the graph even then."""
     v = spec.resolved_model.shape.vision
-    return spec.train_vision_tower or (spec.gradient_checkpointing and v.hooked_when_checkpointed)
+    return spec.train_vision_tower or (StackRules.of(spec).hooks_every_input_embedding
+                                       and v.hooked_when_checkpointed)
+
+
+def _blocks_feeding_features(spec: Spec) -> int:
+    """Blocks whose output reaches the language model: LLaVA takes `vision_feature_layer`'s
+    hidden states (-2: the last block runs, but its graph is dropped with the tower's output)."""
+    layers = spec.resolved_model.shape.vision.num_layers
+    feature_layer = spec.resolved_model.config.get("vision_feature_layer")
+    if isinstance(feature_layer, int) and feature_layer < 0:
+        return max(1, layers + 1 + feature_layer)
+    return layers
+
+
+def vision_checkpointed(spec: Spec) -> bool:
+    """Whether the tower's blocks are checkpointed: transformers checkpoints every block,
+    LLaMA-Factory only blocks holding a trainable parameter (a frozen tower in the graph then
+    keeps all its activations; StackRules.checkpoints_frozen_layers)."""
+    rules = StackRules.of(spec)
+    return spec.gradient_checkpointing and (
+        rules.checkpoints_frozen_layers or spec.train_vision_tower)
 
 
 def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
@@ -171,16 +200,22 @@ def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
         if spec.train_projector:
             total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
         return total
-    if spec.gradient_checkpointing:
+    if vision_checkpointed(spec):
         per_layer = v.hidden_size * _vision_stream_bytes(shape, dt)
     else:
-        per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
-    total += patches * per_layer * v.num_layers
+        per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
+                                            frozen=not spec.train_vision_tower)
+    if vision_checkpointed(spec):
+        total += patches * per_layer * v.num_layers
+    else:
+        total += patches * per_layer * _blocks_feeding_features(spec)
+        if v.kind == "clip" and dt.autocast:  # pre_layrnorm's fp32 input (autocast's cast)
+            total += patches * v.hidden_size * 4
     if spec.train_vision_tower or spec.train_projector:
         total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
     else:
         total += _vision_shared_bytes(spec, shape, dt, patches)
-    if spec.gradient_checkpointing and spec.method != "full":
+    if StackRules.of(spec).hooks_input_embeddings and spec.method != "full":
         # the hooked, frozen embedding's output is a leaf that requires grad: masked_scatter's
         # AccumulateGrad node keeps it besides the merged sequence (the first layer's input)
         total += spec.batch_size * spec.seq_len * shape.hidden_size * dt.hidden
@@ -207,13 +242,15 @@ def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
 def vision_backward_bytes(spec: Spec, dt: Dtypes) -> int:
     """A tower in the graph is backpropagated through even when frozen (the hooked patch
     embedding's output needs a gradient): after the text layers' backward, its saved tensors,
-    one block recomputed (checkpointing) and its working set with the gradient in and out."""
+    one block recomputed (when checkpointed) and its working set with the gradient in and out."""
     shape = spec.resolved_model.shape
     if shape.vision is None or not spec.images_per_sample or not vision_in_graph(spec):
         return 0
     v, geometry = shape.vision, image_geometry(spec)
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
-    block = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens)
+    block = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
+                                    frozen=not spec.train_vision_tower) if (
+        vision_checkpointed(spec)) else 0
     working = (3 * v.hidden_size + v.intermediate_size) * dt.compute
     return (vision_activation_bytes(spec, dt)
             + patches * (block + working + 2 * v.hidden_size * dt.compute))

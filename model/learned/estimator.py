@@ -22,7 +22,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +124,19 @@ class BatchPrediction:
     analytical: list[Estimate]
 
 
+def load_artifact(directory: Path) -> LearnedArtifact:
+    """`LearnedArtifact.load`, once per folder and version of its files: a sweep, the Python API
+    or the web server builds an estimator per spec, and reading the trees takes ~0.1 s."""
+    stamp = tuple(sorted((path.name, path.stat().st_mtime_ns, path.stat().st_size)
+                         for path in directory.iterdir() if path.is_file()))
+    return _load_artifact(str(directory.resolve()), stamp)
+
+
+@lru_cache(maxsize=8)
+def _load_artifact(directory: str, stamp: tuple) -> LearnedArtifact:
+    return LearnedArtifact.load(Path(directory))
+
+
 def find_artifact_dir(artifact_dir: str | Path | None = None) -> Path | None:
     """The artifact folder to use, or None when there is none anywhere."""
     for candidate in (artifact_dir, os.environ.get(ENV_ARTIFACT), BUNDLED_DIR):
@@ -145,7 +158,7 @@ class LearnedEstimator:
     @cached_property
     def artifact(self) -> LearnedArtifact | None:
         directory = find_artifact_dir(self.artifact_dir)
-        return None if directory is None else LearnedArtifact.load(directory)
+        return None if directory is None else load_artifact(directory)
 
     def estimate(self, spec: Spec) -> Estimate:
         return self.estimate_many([spec])[0]
@@ -256,5 +269,6 @@ def _learned_estimate(
             *notes,
             f"breakdown: analytical terms, learned correction {'+' if correction >= 0 else ''}"
             f"{gib(correction)} GiB",
+            *analytical.notes,  # what the stack's rules did to the base (model/formulas/stack.py)
         ],
     )

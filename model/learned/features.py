@@ -4,7 +4,8 @@ What goes in, and why:
 - the config's numbers (layers, hidden, heads, kv heads, vocab, intermediate, experts, vision
   tower size) and the parameter counts that memory splits by (total, trainable, frozen);
 - tokens per step (batch x seq, image tokens, attention scores, logits elements);
-- every knob of the Spec that moves memory, categorical ones one-hot;
+- every knob of the Spec that moves memory, categorical ones one-hot; the stack as the
+  framework (one-hot) and each library's major and minor version;
 - the analytical estimator's answer: `log_analytical_peak` (the base the residual is learned on,
   see regressor.py) and each breakdown term as a fraction of that peak. Fractions are scale-free,
   so a tree split learned on small models ("activations are 60% of the peak") still applies to a
@@ -28,6 +29,8 @@ import numpy as np
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.learned.targets import BASE_FEATURE as TARGET_BASE_FEATURE
+from vram_ml.stack import FRAMEWORKS as FRAMEWORK_NAMES
+from vram_ml.stack import parse_version
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 METHODS = ("full", "freeze", "lora", "qlora")
 PRECISIONS = ("bf16", "fp16", "pure_bf16", "fp32", "no_amp")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
+FRAMEWORKS = tuple(FRAMEWORK_NAMES)
+# The stack's library versions as (major, minor) numbers: the rules change at minor releases.
+STACK_LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
 OPTIMIZERS = (
     "adamw_torch",
     "adamw_torch_fused",
@@ -96,6 +102,8 @@ SPEC_FEATURES = (
     "train_projector",
     "num_gpus",
     "zero_stage",
+    *(f"framework_{name}" for name in FRAMEWORKS),
+    *(f"{library}_{part}" for library in STACK_LIBRARIES for part in ("major", "minor")),
 )
 # The analytical answer: its peak (log: the residual's base), the reserved and allocated shares,
 # and the peak moment's composition. (`analytical_terms`, every term at its own moment, would cost
@@ -120,6 +128,7 @@ def base_column(target: str) -> int:
 _GIB = 1024**3
 _shape_rows: dict[tuple, tuple[float, ...]] = {}
 _count_rows: dict[tuple, tuple[int, int, int]] = {}
+_version_rows: dict[tuple, tuple[int, ...]] = {}
 
 
 def analytical_estimates(specs: Sequence[Spec]) -> list[Estimate]:
@@ -217,7 +226,19 @@ def spec_row(spec: Spec) -> tuple[float, ...]:
         float(spec.train_projector),
         spec.num_gpus,
         spec.zero_stage,
+        *_one_hot(spec.framework, FRAMEWORKS),
+        *_stack_versions(spec),
     )
+
+
+def _stack_versions(spec: Spec) -> tuple[int, ...]:
+    """(major, minor) of each library of the spec's stack, in STACK_LIBRARIES order."""
+    key = tuple(getattr(spec, f"{library}_version") for library in STACK_LIBRARIES)
+    row = _version_rows.get(key)
+    if row is None:
+        row = _version_rows[key] = tuple(
+            part for text in key for part in parse_version(text)[:2])
+    return row
 
 
 def analytical_row(estimate: Estimate) -> tuple[float, ...]:
@@ -235,8 +256,9 @@ def analytical_row(estimate: Estimate) -> tuple[float, ...]:
 
 def parameter_counts(spec: Spec) -> tuple[int, int]:
     """(trainable, frozen) parameters as LLaMA-Factory sets them up; LoRA adapters count as
-    trainable, the base weights they wrap as frozen."""
-    shape = spec.resolved_model.shape
+    trainable, the base weights they wrap as frozen (the layer as the spec's transformers version
+    builds it: 4.x MoE experts take adapters)."""
+    shape = spec.shape
     extra_trained = (shape.vision_params if spec.train_vision_tower else 0) + (
         shape.projector_params if spec.train_projector else 0
     )
@@ -276,6 +298,7 @@ def _counts(spec: Spec) -> tuple[int, int, int]:
         spec.freeze_trainable_layers,
         spec.train_vision_tower,
         spec.train_projector,
+        parse_version(spec.transformers_version)[0],
     )
     counts = _count_rows.get(key)
     if counts is None:
@@ -289,5 +312,5 @@ def _one_hot(value: str, choices: tuple[str, ...]) -> tuple[float, ...]:
 
 _ONE_HOT = {
     choices: {value: tuple(float(value == choice) for choice in choices) for value in choices}
-    for choices in (METHODS, PRECISIONS, ATTENTIONS, OPTIMIZERS)
+    for choices in (METHODS, PRECISIONS, ATTENTIONS, OPTIMIZERS, FRAMEWORKS)
 }

@@ -1,4 +1,4 @@
-"""The published table (datasets/published/measurements.csv) as training and evaluation rows.
+"""The published table (datasets/published/measurements.parquet) as training and evaluation rows.
 
 One table row is one published number; one `measurement_key` is one run, which may have
 published several numbers (fms-acceleration: the nvidia-smi peak and torch's allocated peak of

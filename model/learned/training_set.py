@@ -2,7 +2,7 @@
 other people's (`published`).
 
 Sources: dataset files (CSV, Parquet, JSONL; a folder means every such file in it) in the flat row
-schema of `vram_ml.sample`, the published table (datasets/published/measurements.csv, recognised
+schema of `vram_ml.sample`, the published table (datasets/published/measurements.parquet, recognised
 by its header, read by published_set.py), or an MLflow tracking store (one run per sample:
 params = spec, metrics = measurement, tags = provenance). Every sample row is validated by
 `row_to_sample`; rows from another backend are counted and left out, never used: `cpu` and

@@ -1,29 +1,34 @@
-"""The recipe: the fine-tuning step of a Spec, as LLaMA-Factory would run it.
+"""The recipe: the fine-tuning step of a Spec, as the spec's framework would run it.
 
 One recipe, three users: the agent runs it for real on CUDA (and on the CPU for tiny models), and
 `simulate` runs it on fake tensors. Every choice that moves memory is made here, once:
 
 - model from its config only (random weights, never `trust_remote_code`), `spec.attention`;
-- dtypes as LLaMA-Factory: frozen weights in the compute dtype (bf16, fp16 for `fp16`, fp32 for
-  `fp32`); trainable parameters upcast to fp32 unless `pure_bf16`; autocast only for bf16/fp16;
+- dtypes: frozen weights in the compute dtype (bf16, fp16 for `fp16`, fp32 for `fp32`), the load
+  dtype of both frameworks here; autocast only for bf16/fp16 (accelerate's native AMP, outputs
+  converted to fp32);
 - method: `full` (all but a frozen vision tower / projector), `freeze` (the last N decoder layers),
   `lora`/`qlora` (peft on the target linears outside frozen vision modules); QLoRA quantizes every
   linear transformers' bitsandbytes integration would (all but the output head) with bitsandbytes;
-- gradient checkpointing through transformers' own API with `use_reentrant=False` (LLaMA-Factory
-  defaults to reentrant, same saved tensors). With transformers 5 this checkpoints every layer and
-  (with peft) hooks every sub-model's input embeddings, so a frozen vision tower keeps its block
-  inputs; LLaMA-Factory's own wrapper checkpoints only layers with trainable parameters;
+- the framework (frameworks/, chosen by `spec.framework`): `llamafactory` checkpoints, with its
+  own reentrant wrapper, only layers holding trainable parameters, and upcasts trainable
+  parameters to fp32; `trl` runs peft's `prepare_model_for_kbit_training` (TRL < 0.25) or TRL's
+  own for QLoRA, transformers' checkpointing otherwise, casts nothing, and keeps the fp32 logits
+  for its entropy and token accuracy;
 - LoRA dropout as configured;
 - optimizer as HF Trainer builds it (decay / no-decay groups, AdamW `foreach` as on CUDA) and
   `clip_grad_norm_(1.0)` (Trainer's `max_grad_norm`);
-- a batch of `batch_size x seq_len` tokens with labels = inputs; VLMs get their images and image
-  tokens inside `seq_len` (LLaMA-Factory's cutoff counts them).
+- a batch of `batch_size x seq_len` tokens (LLaMA-Factory: rounded up to 8) with labels = inputs;
+  VLMs get their images and image tokens inside `seq_len` (LLaMA-Factory's cutoff counts them).
 
-Where each part lives: model_build.py (config -> model, checkpointing), methods.py (what trains,
-LoRA, bitsandbytes), precision.py (dtypes), weights.py (random weights on a device), batch.py,
-optimizer.py, step.py (one step, and the loop of N steps). A new framework or stage changes how
-the model is built or what one step runs: it goes into model_build / methods or step, chosen by
-the spec, and nothing outside this package needs to know.
+The recipe executes the installed transformers / peft / bitsandbytes, whatever versions the spec
+names; the analytical estimator carries the rules of the others (model/formulas/stack.py).
+
+Where each part lives: model_build.py (config -> model), methods.py (what trains, LoRA,
+bitsandbytes), frameworks/ (checkpointing, casts, the forward and loss per framework),
+precision.py (dtypes), weights.py (random weights on a device), batch.py, optimizer.py, step.py
+(one step, and the loop of N steps). A new framework is a module in frameworks/; nothing outside
+this package needs to know.
 
 Deviations, all memory-neutral or noted: 8-bit QLoRA uses `threshold=0` (no outlier columns:
 their count depends on the data); fp16 runs without a GradScaler unless the caller passes one.

@@ -1,6 +1,8 @@
 """The recipe's batch: one micro-batch of random tokens for a Spec.
 
-`batch_size x seq_len` tokens with labels = inputs; VLMs get their images and image tokens inside
+`batch_size x seq_len` tokens (LLaMA-Factory: seq_len rounded up to a multiple of 8, as its
+collator pads the longest sample; here every position is a real token, so no attention mask is
+made for the padding) with labels = inputs; VLMs get their images and image tokens inside
 `seq_len` (LLaMA-Factory's cutoff counts them), with the pixel inputs their processor would give
 for a square `image_resolution` image. How many tokens an image becomes is the formulas' one
 definition (vram_ml.model.formulas.vision.image_geometry); the ids around them are each family's
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from vram_ml.model.formulas.stack import StackRules
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ def make_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu")
     text_config = config.get_text_config()
     generator = torch.Generator().manual_seed(0)
     top = min([text_config.vocab_size, *_special_ids(config)])
-    shape = (spec.batch_size, spec.seq_len)
+    shape = (spec.batch_size, StackRules.of(spec).padded_seq_len(spec.seq_len))
     input_ids = torch.randint(0, top, shape, generator=generator)
     batch: dict[str, torch.Tensor] = {}
     if spec.images_per_sample:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from vram_ml.model.recipe.methods import add_lora, mark_trainable, quantize_linears
-from vram_ml.model.recipe.precision import compute_dtype, trainable_dtype
+from vram_ml.model.recipe.frameworks import framework_for
+from vram_ml.model.recipe.methods import mark_trainable, quantize_linears
+from vram_ml.model.recipe.precision import compute_dtype
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
 from vram_ml.model.recipe.weights import materialize
 
@@ -85,8 +86,8 @@ def is_multimodal(config: Any) -> bool:
 
 
 def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the model of `spec`, ready to train: dtypes, quantization, frozen parts, checkpointing
-    and LoRA as the recipe says.
+    """Build the model of `spec`, ready to train: dtypes, quantization, frozen parts, then
+    checkpointing, LoRA and casts as the spec's framework does them (recipe/frameworks/).
 
     Args:
         spec: the configuration.
@@ -121,13 +122,7 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
     if spec.method == "qlora":
         quantize_linears(model, spec, device)
     mark_trainable(model, spec)
-    if spec.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    if spec.method in ("lora", "qlora"):
-        model = add_lora(model, spec)
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != trainable_dtype(spec):
-            param.data = param.data.to(trainable_dtype(spec))
+    model = framework_for(spec).prepare(model, spec)  # checkpointing, LoRA, casts
     check_grouped_experts(model)
     if device.type != "meta":
         materialize(model, device)

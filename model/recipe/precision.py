@@ -1,5 +1,5 @@
-"""The recipe's dtypes, as LLaMA-Factory picks them: frozen weights and compute, autocast,
-trainable parameters."""
+"""The recipe's dtypes: frozen weights and compute (LLaMA-Factory's `compute_dtype`; under trl
+the load dtype), autocast, trainable parameters (as the spec's framework casts them)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,11 @@ def autocast_dtype(spec: Spec) -> torch.dtype | None:
 
 
 def trainable_dtype(spec: Spec) -> torch.dtype:
-    """Trainable parameters are upcast to fp32 unless the spec is pure bf16."""
-    return torch.bfloat16 if spec.precision == "pure_bf16" else torch.float32
+    """The dtype base parameters train in: LLaMA-Factory upcasts them to fp32 unless pure bf16;
+    TRL trains them in their load dtype (StackRules.fp32_trainable). LoRA adapters are fp32 in
+    both: peft casts them (StackRules.fp32_adapters)."""
+    from vram_ml.model.formulas.stack import StackRules
+
+    if StackRules.of(spec).fp32_trainable:
+        return torch.float32
+    return compute_dtype(spec)

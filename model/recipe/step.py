@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vram_ml.model.recipe.precision import autocast_dtype
+from vram_ml.model.recipe.frameworks import framework_for
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
@@ -25,17 +25,16 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
-    """One optimizer step: `gradient_accumulation` x (forward with labels + backward), gradient
-    clipping, `optimizer.step()`, `zero_grad(set_to_none=True)`.
+    """One optimizer step: `gradient_accumulation` x (the framework's forward and loss, under
+    the HF Trainer's autocast; backward), gradient clipping, `optimizer.step()`,
+    `zero_grad(set_to_none=True)`.
 
     Returns:
         The last micro-batch's loss, detached.
     """
-    device_type = next(model.parameters()).device.type
-    amp = autocast_dtype(spec)
+    forward_loss = framework_for(spec).forward_loss
     for _ in range(spec.gradient_accumulation):
-        with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = model(**batch).loss / spec.gradient_accumulation
+        loss = forward_loss(model, batch, spec) / spec.gradient_accumulation
         (scaler.scale(loss) if scaler else loss).backward()
         loss = loss.detach()
     if scaler:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vram_ml.model import recipe
+from vram_ml.model.formulas.stack import StackRules
 from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
@@ -63,7 +64,35 @@ def simulated_spec(spec: Spec) -> tuple[Spec, list[str]]:
                      "(later micro-steps repeat the second one's memory)")
     if spec.optimizer.startswith("paged_"):
         notes.append("paged optimizer states counted as device memory (unified memory may page)")
+    padded = StackRules.of(spec).padded_seq_len(spec.seq_len)
+    if padded != spec.seq_len:
+        update["seq_len"] = padded
+        notes.append(f"llamafactory pads to a multiple of 8: {padded} tokens per sample, all "
+                     "real (no padding mask)")
+    notes += installed_stack_notes(spec)
     return (spec.model_copy(update=update) if update else spec), notes
+
+
+def installed_stack_notes(spec: Spec) -> list[str]:
+    """Where the installed libraries differ from the spec's stack: the step runs what is
+    installed (and the framework's code as the recipe re-implements it, never trl itself)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vram_ml.stack import parse_version
+
+    differ = []
+    for library in ("transformers", "peft", "bitsandbytes"):
+        wanted = getattr(spec, f"{library}_version")
+        try:
+            installed = version(library)
+        except PackageNotFoundError:
+            continue
+        if parse_version(installed) != parse_version(wanted):
+            differ.append(f"{library} {installed} (spec: {wanted})")
+    if not differ:
+        return []
+    return [f"executes the installed {', '.join(differ)}; the analytical estimate carries the "
+            "spec's version rules"]
 
 
 def simulate_step(

@@ -94,8 +94,10 @@ def make_sample():
         provenance = Provenance("cuda", "0.1.0", "2026-01-01T00:00:00+00:00", host="gpu-host",
                                 device_name=device, device_total_bytes=80 * 2**30,
                                 driver_version="580.1", cuda_version="13.0",
-                                torch_version=torch_version, transformers_version="5.24.0",
-                                peft_version="0.21.2", bitsandbytes_version="0.50.2")
+                                torch_version=torch_version,
+                                installed_transformers_version="5.24.0",
+                                installed_peft_version="0.21.2",
+                                installed_bitsandbytes_version="0.50.2")
         return Sample(build_spec(**spec_fields), measurement, provenance)
     return make
 

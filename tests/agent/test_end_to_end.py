@@ -44,7 +44,8 @@ def test_agent_run_then_export(tmp_path, tiny_specs, write_plan, hooks):
         assert int(params["batch_size"]) == spec.batch_size
         assert json.loads(params["model_overrides"]) == dict(spec.model_overrides)
         assert tags["backend"] == "cpu" and tags["device_name"] == "cpu"
-        assert tags["torch_version"] and tags["transformers_version"] and tags["peft_version"]
+        assert tags["torch_version"] and tags["installed_transformers_version"]
+        assert tags["installed_peft_version"] and params["framework"] == spec.framework
         assert tags["agent_version"] and tags["host"] and tags["created_at"]
         assert tags["sample_key"].startswith(spec.spec_id)
         assert metrics["peak_vram_bytes"] >= metrics["peak_reserved_bytes"] > 0

@@ -43,7 +43,8 @@ def good_sample(batch_size: int, backend: str) -> Sample:
     provenance = Provenance(backend, "0.1.0", "2026-01-01T00:00:00+00:00", host="gpu-host",
                             device_name="NVIDIA H100 80GB HBM3", device_total_bytes=80 * 2**30,
                             driver_version="580.1", cuda_version="13.0", torch_version="2.11.0",
-                            transformers_version="5.24.0", peft_version="0.21.2")
+                            installed_transformers_version="5.24.0",
+                            installed_peft_version="0.21.2")
     return Sample(spec, measurement, provenance)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -16,11 +17,23 @@ GIB = 2**30
 
 
 class FakeNvml:
-    """Three GPUs: 0 idle, 1 with someone's process, 2 with 10 GiB used by an unseen process."""
+    """Three GPUs: 0 idle, 1 with someone's process, 2 with 10 GiB used by an unseen process.
+    Functions named in `refused` raise NVMLError, as some virtualised GPUs do."""
+
+    class NVMLError(Exception):
+        pass
 
     def __init__(self):
         self.used = {0: GIB // 2, 1: 30 * GIB, 2: 10 * GIB}
         self.processes = {0: [], 1: [SimpleNamespace(pid=4242, usedGpuMemory=30 * GIB)], 2: []}
+        self.refused: set[str] = set()
+
+    def __getattribute__(self, name):
+        if name.startswith("nvml") and name in object.__getattribute__(self, "refused"):
+            def refuse(*_):
+                raise FakeNvml.NVMLError(f"{name}: Not Supported")
+            return refuse
+        return object.__getattribute__(self, name)
 
     def nvmlDeviceGetCount(self):
         return 3
@@ -91,3 +104,58 @@ def test_parsing():
     assert parse_duration("90") == 90 and parse_duration("2.5s") == 2.5
     with pytest.raises(ValueError):
         parse_duration("8 minutes")
+
+
+def test_nvml_errors_fall_back_to_device_memory(fake_nvml):
+    """A virtualised GPU refusing per-process queries: no exception, 'used minus baseline'."""
+    fake_nvml.refused = {"nvmlDeviceGetComputeRunningProcesses"}
+    assert environment.compute_processes(1) == {}
+    memory = environment.ProcessMemory(0)
+    fake_nvml.used[0] += 2 * GIB
+    assert memory.read() == 2 * GIB and not memory.per_process
+    assert [g.index for g in GpuPool(max_used_bytes=16 * GIB).choose()] == [0, 2]
+    fake_nvml.refused = {"nvmlDeviceGetMemoryInfo", "nvmlSystemGetDriverVersion"}
+    assert environment.device_used_bytes(0) is None and environment.ProcessMemory(0).read() is None
+    assert environment.gpu_device_facts(0) == {
+        "device_name": "NVIDIA H100 80GB HBM3", "device_total_bytes": None, "driver_version": ""}
+    with pytest.raises(PoolError, match="gpu0: NVML does not report its memory"):
+        GpuPool().choose()
+
+
+class ChildrenOnGpu(FakeNvml):
+    """One GPU on which every live child of this process holds a CUDA context, as a warm child
+    does once its preload (peft -> bitsandbytes) has touched CUDA, and so does this process (the
+    agent's own, as in a pytest process that ran a CUDA test before the agent's)."""
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        import psutil
+
+        children = [c for c in psutil.Process().children()
+                    if c.status() != psutil.STATUS_ZOMBIE]
+        pids = [os.getpid(), *(c.pid for c in children)]
+        return [SimpleNamespace(pid=pid, usedGpuMemory=GIB // 2) for pid in pids]
+
+
+@pytest.mark.parametrize("refused", [(), ("nvmlDeviceGetComputeRunningProcesses",)],
+                         ids=["per-process", "per-process-refused"])
+def test_agent_counts_warm_children_as_its_own(monkeypatch, tmp_path, capfd, write_plan,
+                                               many_tiny_specs, hooks, refused):
+    from vram_ml.agent import runner
+
+    fake = ChildrenOnGpu()
+    fake.refused = set(refused)
+    monkeypatch.setattr(environment, "nvml", lambda: fake)
+    monkeypatch.setattr(runner, "WAIT_BUSY_S", 0.05)
+    hooks({"*": "stub"})
+    events = []
+    options = runner.AgentOptions(store_dir=tmp_path / "store", tracking_uri="", backend="cuda",
+                                  plan_file=write_plan(many_tiny_specs(3)), budget_s=60,
+                                  handle_signals=False)
+    summary = runner.run_agent(options, lambda kind, **data: events.append((kind, data)))
+    waits = [data["reason"] for kind, data in events if kind == "waiting"]
+    assert waits == [] and summary.stored == 3 and summary.status["ok"] == 3
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err

@@ -182,9 +182,18 @@ def mixtral(config: Mapping[str, Any]) -> ModelShape:
         LinearShape("experts.gate_up_proj", hidden, 2 * inter, count=experts, fused=True),
         LinearShape("experts.down_proj", inter, hidden, count=experts, fused=True),
     )
+    # transformers 4.x (modeling_mixtral.py in 4.48-4.57): MixtralBlockSparseTop2MLP's w1, w3
+    # (H -> I) and w2 (I -> H) per expert, the router `gate = nn.Linear(H, E)`.
+    v4_linears = qkvo(hidden, heads, kv, hd, False, False) + (
+        LinearShape("w1", hidden, inter, count=experts),
+        LinearShape("w3", hidden, inter, count=experts),
+        LinearShape("w2", inter, hidden, count=experts),
+        LinearShape("gate", hidden, experts),
+    )
     return decoder_shape(c, linears=linears, other=2 * hidden + experts * hidden,
                          embedding=c["vocab_size"] * hidden, final_norm=hidden,
-                         num_experts=experts, num_experts_per_tok=c["num_experts_per_tok"])
+                         num_experts=experts, num_experts_per_tok=c["num_experts_per_tok"],
+                         v4_layer_linears=v4_linears, v4_layer_other_params=2 * hidden)
 
 
 @register("phi")

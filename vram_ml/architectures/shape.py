@@ -9,7 +9,7 @@ builds every catalog model on the meta device to hold us to that.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class UnsupportedArchitecture(ValueError):
@@ -137,6 +137,11 @@ class ModelShape:
     # how routed experts run: `grouped` (fused 3-D experts through grouped_mm, top-k tokens per
     # expert) or `all` (Llama 4: every expert runs over every token, scaled by its score)
     moe_routing: str = "grouped"
+    # The decoder layer as transformers 4.x builds it, where it differs from 5.x: MoE experts as
+    # one nn.Linear each and the router as an nn.Linear (so bitsandbytes quantizes them and LoRA
+    # reaches them). None: the same layer in both. Read through `for_transformers`.
+    v4_layer_linears: tuple[LinearShape, ...] | None = None
+    v4_layer_other_params: int | None = None
 
     @property
     def layer_linear_params(self) -> int:
@@ -216,6 +221,18 @@ class ModelShape:
     def is_multimodal(self) -> bool:
         return self.vision is not None
 
+    @property
+    def has_fused_experts(self) -> bool:
+        return any(linear.fused for linear in self.layer_linears)
+
+    def for_transformers(self, major: int) -> ModelShape:
+        """The shape as that transformers major version builds the model (same parameters)."""
+        if major >= 5 or self.v4_layer_linears is None:
+            return self
+        return replace(self, layer_linears=self.v4_layer_linears,
+                       layer_other_params=self.v4_layer_other_params, v4_layer_linears=None,
+                       v4_layer_other_params=None)
+
 
 _GROUPS: dict[int, tuple[ModelShape, tuple[tuple[int, ModelShape], ...]]] = {}
 
@@ -231,7 +248,7 @@ def _layer_groups(shape: ModelShape) -> tuple[tuple[int, ModelShape], ...]:
         groups.append((len(variant.indices), dataclasses.replace(
             shape, layer_linears=variant.linears, layer_other_params=variant.other_params,
             num_experts=variant.num_experts, num_experts_per_tok=variant.num_experts_per_tok,
-            layer_variants=())))
+            layer_variants=(), v4_layer_linears=None, v4_layer_other_params=None)))
     if len(_GROUPS) > 1024:
         _GROUPS.clear()
     _GROUPS[id(shape)] = (shape, tuple(groups))

@@ -20,7 +20,7 @@ from vram_ml.cli.store_options import (
 )
 
 app = typer.Typer(
-    help="The samples dataset: export, validate, import.\n\n"
+    help="The samples dataset: export, validate, import; the published table.\n\n"
          "Example: vram-ml dataset export --output datasets/samples.csv", no_args_is_help=True)
 
 
@@ -67,12 +67,17 @@ def dataset_export(
 @app.command("validate")
 def dataset_validate(path: Annotated[Path, typer.Argument(help="CSV, Parquet or JSONL.")],
                      as_json: JsonOption = False) -> None:
-    """Check every row of a samples file: schema, spec, peaks, provenance, duplicates.
+    """Check every row of a samples file (schema, spec, peaks, provenance, duplicates), or of
+    the published table (recognised by its header: provenance, bytes, statistic, outcome, Spec).
 
     Example: vram-ml dataset validate datasets/samples.csv
     """
     from vram_ml.agent.dataset import DatasetError, validate_file
+    from vram_ml.published.validation import is_published_table
 
+    if is_published_table(path):
+        _validate_published(path, as_json)
+        return
     try:
         result = validate_file(path)
     except DatasetError as error:
@@ -126,3 +131,71 @@ def dataset_import(
     typer.echo(f"{result['valid']}/{result['rows']} valid; {result['new_in_store']} new in the "
                f"store, {result['logged_to_mlflow']} logged to MLflow; {result['output']}: "
                f"{result['rows_in_output']} rows ({result['new_in_output']} new)")
+
+
+def _validate_published(path: Path, as_json: bool) -> None:
+    from vram_ml.dataset_files import DataFileError
+    from vram_ml.published.validation import validate_published_file
+
+    try:
+        result = validate_published_file(path)
+    except DataFileError as error:
+        raise fail(str(error), code=1) from None
+    if as_json:
+        print_json({"rows": result.rows, "valid": result.valid, "ok": result.ok,
+                    "problems": result.problems, "counts": result.counts})
+    else:
+        for line in result.problems:
+            typer.echo(f"problem: {line}")
+        typer.echo(f"{path}: published table, {result.rows} rows, {result.valid} valid, "
+                   f"{len(result.problems)} problem(s)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command("import-published")
+def dataset_import_published(
+    source_dir: Annotated[Path, typer.Argument(
+        help="Folder with one git clone or bare mirror per source repository (owner+name).")],
+    output: Annotated[Path, typer.Option(help="The published table (DATACARD.md beside it).")]
+    = Path("datasets/published/measurements.parquet"),
+    manifest: Annotated[Path, typer.Option(help="The pinned file versions to read.")]
+    = Path("datasets/published/sources.yaml"),
+    quoted: Annotated[Path, typer.Option(
+        help="Quoted lines of sources too large to clone (read when SOURCE_DIR lacks them).")]
+    = Path("datasets/published/quoted"),
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild the published measurements table from the sources' own files, and its data card.
+
+    Example: vram-ml dataset import-published /work/.mirror
+    """
+    from vram_ml.published.build import PublishedImportError, import_published
+    from vram_ml.published.git_files import SourceError
+    from vram_ml.published.manifest import ManifestError
+
+    try:
+        summary = import_published(source_dir, output, manifest, quoted)
+    except (SourceError, ManifestError, PublishedImportError) as error:
+        raise fail(str(error), code=1) from None
+    counts = summary.counts("source", "mapping")
+    if as_json:
+        print_json({"output": str(summary.output), "datacard": str(summary.datacard),
+                    "rows": len(summary.rows), "read_from": summary.read_from,
+                    "versions_read": summary.versions_read,
+                    "mapped": {s: counts[(s, "mapped")] for s in summary.versions_read}})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary.output}: {len(summary.rows)} published rows")
+    for column in ("source", "file versions", "rows", "mapped", "read from"):
+        table.add_column(column, justify="left" if column in ("source", "read from") else "right")
+    for source, versions in summary.versions_read.items():
+        rows = counts[(source, "mapped")] + counts[(source, "unmapped")]
+        table.add_row(source, str(versions), str(rows), str(counts[(source, "mapped")]),
+                      summary.read_from.get(source, ""))
+    Console().print(table)
+    for line in summary.log:
+        typer.echo(f"warning: {line}")
+    typer.echo(f"data card: {summary.datacard}")

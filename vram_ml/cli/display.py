@@ -32,6 +32,9 @@ def echo_spec(spec_input: SpecInput) -> None:
         + (" · checkpointing" if spec.gradient_checkpointing else "")
         + f" · {spec.attention} · {spec.optimizer} · spec_id {spec.spec_id}"
     )
+    console.print(f"stack: {spec.framework} · transformers {spec.transformers_version} · peft "
+                  f"{spec.peft_version} · trl {spec.trl_version} · bitsandbytes "
+                  f"{spec.bitsandbytes_version}")
     console.print(f"[dim]from {spec_input.source}[/]")
     if spec_input.assumed:
         console.print("[dim]assumed: " + "; ".join(spec_input.assumed.values()) + "[/]")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 import vram_ml
-from vram_ml.cli import agent, catalog, dataset, estimate, learn, predict, simulate
+from vram_ml.cli import agent, catalog, dataset, estimate, learn, predict, serve, simulate
 
 app = typer.Typer(
     help="Predict the peak GPU memory of a LoRA/QLoRA/full fine-tuning run before you start it.",
@@ -37,7 +37,7 @@ def main(
 
 
 # Root-level commands (merged: their sub-apps have no name), then the named groups.
-for _commands in (predict.app, estimate.app, simulate.app, catalog.app, learn.app):
+for _commands in (predict.app, estimate.app, simulate.app, catalog.app, learn.app, serve.app):
     app.add_typer(_commands)
 app.add_typer(agent.app, name="agent")
 app.add_typer(dataset.app, name="dataset")

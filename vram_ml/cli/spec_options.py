@@ -10,39 +10,16 @@ import functools
 import inspect
 import sys
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vram_ml.defaults import EXAMPLE_CONFIG, assumed_defaults
+from vram_ml.defaults import EXAMPLE_CONFIG
 from vram_ml.model_source import ModelSourceError
-from vram_ml.spec import Spec, SpecError
-
-
-@dataclass
-class SpecInput:
-    """A spec and how it was read: what was assumed, ignored, not modelled or unknown."""
-
-    spec: Spec
-    source: str  # flags | config path | example
-    assumed: dict[str, str] = field(default_factory=dict)
-    ignored: list[str] = field(default_factory=list)
-    unmodelled: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec_id": self.spec.spec_id,
-            "spec": self.spec.model_dump(mode="json"),
-            "source": self.source,
-            "assumed": self.assumed,
-            "ignored": self.ignored,
-            "unmodelled": self.unmodelled,
-            "unknown": self.unknown,
-        }
+from vram_ml.spec import SpecError
+from vram_ml.spec_input import SpecInput, spec_input_from_fields
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -132,6 +109,24 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")],
         "zero_stage",
     ),
+    "framework": (
+        Annotated[str | None, typer.Option(help="llamafactory | trl (who wraps the model).")],
+        "framework",
+    ),
+    "transformers_version": (
+        Annotated[str | None, typer.Option(help="transformers version, e.g. 4.57.6.")],
+        "transformers_version",
+    ),
+    "peft_version": (
+        Annotated[str | None, typer.Option(help="peft version, e.g. 0.18.1.")], "peft_version",
+    ),
+    "trl_version": (
+        Annotated[str | None, typer.Option(help="trl version, e.g. 0.24.0.")], "trl_version",
+    ),
+    "bitsandbytes_version": (
+        Annotated[str | None, typer.Option(help="bitsandbytes version, e.g. 0.50.2.")],
+        "bitsandbytes_version",
+    ),
     "override": (
         Annotated[
             list[str] | None, typer.Option(help="Model config override key=value (repeatable).")
@@ -139,6 +134,16 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         None,
     ),
 }
+
+
+def spec_flags() -> dict[str, tuple[str, str]]:
+    """Spec field -> (its CLI flag, its help line): the web form labels its inputs with these."""
+    flags = {}
+    for name, (annotation, spec_field) in _OPTIONS.items():
+        if spec_field:
+            option = typing.get_args(annotation)[1]
+            flags[spec_field] = ("--" + name.replace("_", "-"), option.help or "")
+    return flags
 
 
 def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
@@ -166,12 +171,8 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
         read = read_llamafactory_yaml(config, fields)
         source = str(config)
     else:
-        from vram_ml.spec import build_spec
-
-        spec = build_spec(**fields)
-        assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal)
-        return SpecInput(spec, "flags", assumed)
-    return SpecInput(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
+        return spec_input_from_fields(fields, "flags")
+    return SpecInput.from_read(read, source)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, int | float]:

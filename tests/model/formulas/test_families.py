@@ -86,3 +86,24 @@ def test_analytical_agrees_with_the_simulated_step(family, checkpointing):
     spec = _spec(family, checkpointing)
     simulated = simulate(spec).peak_tensor_bytes
     assert analyse(spec).peak_allocated == pytest.approx(simulated, rel=BAND)
+
+
+@pytest.mark.parametrize("model, resolution, expected", [
+    # Pixtral: n = ceil(side / 28) rows of n image tokens + a break; capped at 1540 px (the
+    # config's image_size): 55 x 56 = 3080 tokens, 110 x 110 patches through the tower
+    ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", 1024, (37 * 38, 74 * 74, 37 * 37)),
+    ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", 2000, (55 * 56, 110 * 110, 55 * 55)),
+    # Gemma 3: 4096 SigLIP patches (896 / 14) pooled to 256 tokens + <boi>, <eoi>, 2 newlines
+    ("google/gemma-3-4b-it", 768, (260, 4096, 256)),
+    # Qwen3-VL: patch 16 x merge 2 = 32 px per token side: 768 px = 24 x 24 tokens + start/end
+    ("Qwen/Qwen3-VL-8B-Instruct", 768, (578, 48 * 48, 576)),
+    # GLM-4.1V: patch 14 x merge 2: 784 px = 28 x 28 tokens
+    ("zai-org/GLM-4.1V-9B-Thinking", 784, (786, 56 * 56, 784)),
+])
+def test_image_tokens_follow_each_processor(model, resolution, expected):
+    from vram_ml.model.formulas.vision import image_geometry
+
+    spec = build_spec(model=model, images_per_sample=1, image_resolution=resolution,
+                      seq_len=4096, precision="bf16")
+    geometry = image_geometry(spec)
+    assert (geometry.lm_tokens, geometry.encoder_tokens, geometry.placeholder_tokens) == expected

@@ -305,18 +305,24 @@ def test_estimating_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fields", [
+AGREEMENT_CASES = [
     {}, {"method": "full"}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"},
     {"gradient_checkpointing": True}, {"attention": "eager"}, {"method": "freeze"},
     {"lora_dropout": 0.1, "optimizer": "adamw_8bit"},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework,fields", [
+    (framework, fields) for framework in ("llamafactory", "trl") for fields in AGREEMENT_CASES
+    if framework == "llamafactory" or fields.get("method") != "freeze"  # freeze: LF's only
 ])
-def test_analytical_agrees_with_the_simulated_step(fields, assets):
+def test_analytical_agrees_with_the_simulated_step(fields, framework, assets):
     """Two independent answers (closed form, fake-tensor execution) on a tiny untied Llama."""
     simulate = pytest.importorskip("vram_ml.model.simulate.estimator").simulate
     spec = build_spec(**{"model": str(assets / "tiny_llama_config.json"), "batch_size": 2,
                          "seq_len": 256, "precision": "bf16", "gradient_checkpointing": False,
-                         **fields})
+                         "framework": framework, **fields})
     simulated = simulate(spec).peak_tensor_bytes
     assert analyse(spec).peak_allocated == pytest.approx(simulated, rel=0.05)
 
@@ -326,9 +332,14 @@ def test_analytical_agrees_with_the_simulated_step(fields, assets):
 SIM_ASSETS = Path(__file__).parents[1] / "simulate" / "assets"
 
 
+# trl before 0.16 keeps no logits for metrics, so both frameworks peak at the same moment and the
+# vision part of the activations compares; its checkpointing is transformers' (every block).
+VISION_STACKS = {"llamafactory": {}, "trl": {"framework": "trl", "trl_version": "0.15.2"}}
+
+
 @functools.cache
 def _vision_activations(estimator_name: str, config: str, checkpointing: bool, resolution: int,
-                        seq_len: int) -> int:
+                        seq_len: int, framework: str = "llamafactory") -> int:
     """The vision part of the saved activations: with one image minus without (same seq_len)."""
     if estimator_name == "simulate":
         from vram_ml.model.simulate import SimulateEstimator as estimator_class
@@ -338,29 +349,33 @@ def _vision_activations(estimator_name: str, config: str, checkpointing: bool, r
     for images in (1, 0):
         spec = build_spec(model=str(SIM_ASSETS / config), images_per_sample=images,
                           image_resolution=resolution, precision="bf16", batch_size=1,
-                          seq_len=seq_len, method="lora", gradient_checkpointing=checkpointing)
+                          seq_len=seq_len, method="lora", gradient_checkpointing=checkpointing,
+                          **VISION_STACKS[framework])
         sizes.append(estimator.estimate(spec).breakdown["activations"])
     return sizes[0] - sizes[1]
 
 
+@pytest.mark.parametrize("framework", sorted(VISION_STACKS))
 @pytest.mark.parametrize("checkpointing", [True, False])
 @pytest.mark.parametrize("config, resolution, seq_len", [
     ("tiny_qwen2_vl_config.json", 224, 128),  # 256 patches, 64 image tokens
     ("tiny_llava_config.json", 56, 64),  # CLIP at 56 px: 16 patches + CLS
 ])
-def test_vision_activations_match_simulate(config, resolution, seq_len, checkpointing):
+def test_vision_activations_match_simulate(config, resolution, seq_len, checkpointing, framework):
     """transformers 5 + peft hook every sub-model's input embeddings under checkpointing, so a
-    frozen, checkpointed tower keeps its block inputs; without checkpointing only the batch's
-    pixel values remain (see analytical.vision_in_graph)."""
+    frozen tower is in the graph: trl's (transformers') checkpointing keeps its block inputs;
+    LLaMA-Factory checkpoints only blocks with trainable parameters, so its frozen blocks keep
+    everything (LLaVA: but the last, whose output is not a feature). Without checkpointing only
+    the batch's pixel values remain (see vision.vision_in_graph, vision.vision_checkpointed)."""
     for module in ("torch", "transformers", "peft", "bitsandbytes"):
         pytest.importorskip(module)
-    simulated = _vision_activations("simulate", config, checkpointing, resolution, seq_len)
-    analytical = _vision_activations("analytical", config, checkpointing, resolution, seq_len)
+    args = (config, checkpointing, resolution, seq_len, framework)
+    simulated = _vision_activations("simulate", *args)
+    analytical = _vision_activations("analytical", *args)
     assert simulated > 0
     assert analytical == pytest.approx(simulated, rel=0.05)
     if checkpointing:  # the graph's part alone (pixel values dominate at these sizes)
-        sim_graph = simulated - _vision_activations("simulate", config, False, resolution,
-                                                    seq_len)
-        an_graph = analytical - _vision_activations("analytical", config, False, resolution,
-                                                    seq_len)
+        plain = (config, False, resolution, seq_len, framework)
+        sim_graph = simulated - _vision_activations("simulate", *plain)
+        an_graph = analytical - _vision_activations("analytical", *plain)
         assert an_graph == pytest.approx(sim_graph, rel=0.05)

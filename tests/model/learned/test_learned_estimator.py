@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -76,3 +77,13 @@ def test_batch_equals_one_by_one(artifact_dir, synthetic_set):
     singles = [estimator.estimate(spec) for spec in specs]
     assert [round(v) for v in batch.peak_vram_bytes] == [e.peak_vram_bytes for e in singles]
     assert [round(v) for v in batch.peak_reserved_bytes] == [e.peak_reserved_bytes for e in singles]
+
+
+def test_an_artifact_is_read_once_per_version_of_its_files(artifact_dir, tmp_path):
+    copy = shutil.copytree(artifact_dir, tmp_path / "model")
+    first = LearnedEstimator(copy).artifact
+    assert LearnedEstimator(copy).artifact is first  # a sweep builds estimators per spec
+    metadata = copy / "metadata.json"
+    stat = metadata.stat()
+    os.utime(metadata, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert LearnedEstimator(copy).artifact is not first  # retrained in place: read again

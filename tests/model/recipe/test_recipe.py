@@ -16,15 +16,17 @@ def _trainable(model):
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("precision,frozen,trainable", [
-    ("bf16", torch.bfloat16, torch.float32),
-    ("fp16", torch.float16, torch.float32),
-    ("no_amp", torch.bfloat16, torch.float32),
-    ("pure_bf16", torch.bfloat16, torch.bfloat16),
-    ("fp32", torch.float32, torch.float32),
+@pytest.mark.parametrize("precision,method,frozen,trainable", [
+    ("bf16", "lora", torch.bfloat16, torch.float32),
+    ("fp16", "lora", torch.float16, torch.float32),
+    ("no_amp", "lora", torch.bfloat16, torch.float32),
+    # pure_bf16: LLaMA-Factory casts nothing (adapter.py:316-317), peft's adapters stay fp32
+    ("pure_bf16", "lora", torch.bfloat16, torch.float32),
+    ("pure_bf16", "freeze", torch.bfloat16, torch.bfloat16),
+    ("fp32", "lora", torch.float32, torch.float32),
 ])
-def test_dtypes_follow_llamafactory(precision, frozen, trainable):
-    model = recipe.build_model(tiny_spec(precision=precision), "meta")
+def test_dtypes_follow_llamafactory(precision, method, frozen, trainable):
+    model = recipe.build_model(tiny_spec(precision=precision, method=method), "meta")
     dtypes_frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     dtypes_trainable = {p.dtype for p in model.parameters() if p.requires_grad}
     assert dtypes_frozen == {frozen} and dtypes_trainable == {trainable}

@@ -100,3 +100,18 @@ def test_cli_start_imports_no_torch():
     code = "import sys, vram_ml.cli, vram_ml.model.simulate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_simulate_says_when_the_installed_libraries_are_not_the_specs(simulation):
+    """It executes what is installed; the spec's versions are the analytical estimator's."""
+    from importlib.metadata import version
+
+    from vram_ml.model.simulate.step import installed_stack_notes
+
+    installed = version("transformers")
+    note = " ".join(simulation.estimate.notes)
+    if installed != "5.6.0":  # the spec's default
+        assert f"transformers {installed} (spec: 5.6.0)" in note
+    same = tiny_spec(framework="trl", transformers_version=installed,
+                     peft_version=version("peft"), bitsandbytes_version=version("bitsandbytes"))
+    assert installed_stack_notes(same) == []

@@ -1,0 +1,209 @@
+"""What every mapping reader shares: values as sources write them, the stack (framework, GPUs,
+DeepSpeed, FSDP, library versions) and the README reader for HF-Trainer READMEs."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from vram_ml.published.mapping import SpecRequest
+from vram_ml.published.model_ids import catalog_entry
+from vram_ml.published.requirement_pins import exact_version
+
+VERSION_FIELDS = ("torch", "transformers", "peft", "trl", "bitsandbytes")
+FRAMEWORK_OF_TRAINER = {"llamafactory": "llamafactory"}  # every other trainer: trl (see below)
+
+
+def as_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number == int(number) else None
+
+
+def as_float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def as_flag(value: Any) -> bool | None:
+    """True/False from a flag as written ("TRUE", "True", true, "1"); None when not stated."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return True if text in ("true", "1", "yes") else (False if text in ("false", "0", "no")
+                                                         else None)
+
+
+def stack_settings(run: dict[str, Any]) -> dict[str, Any]:
+    return run.get("stack") or {}
+
+
+def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str | None = None
+                 ) -> SpecRequest:
+    """A request with the run's GPUs, ZeRO stage, and the settings of fields yet to come."""
+    request = SpecRequest()
+    stack = stack_settings(run)
+    trainer = row.get("trainer") or ""
+    framework = FRAMEWORK_OF_TRAINER.get(trainer.split(" ")[0], "trl")
+    request.wanted["framework"] = framework
+    if framework_note:
+        request.assumptions.append(f"framework={framework}: {framework_note}")
+    for library in VERSION_FIELDS:
+        version = (exact_version(row.get(f"{library}_version"))
+                   or exact_version(row.get(f"_assumed_{library}_version")))
+        if version:
+            request.wanted[f"{library}_version"] = version
+    if row.get("_version_assumption"):
+        request.assumptions.append(row["_version_assumption"])
+    if row.get("_version_blocker"):
+        request.block(row["_version_blocker"])
+    request.wanted["stage"] = "sft"
+    gpus = as_int(run.get("num_gpus")) or as_int(row.get("gpu_count"))
+    if gpus is None:
+        gpus = 1
+        request.assumptions.append("num_gpus=1: the source names no GPU count and launches no "
+                                   "multi-GPU job")
+    request.set("num_gpus", gpus)
+    distributed = row.get("distributed") or ""
+    sharding = stack.get("fsdp_sharding_strategy") or stack.get("sharding_strategy")
+    if "fsdp" in distributed or sharding:
+        request.wanted["fsdp"] = str(sharding or "FULL_SHARD").split(" ")[0]
+        if as_flag(stack.get("fsdp_offload_params")) or _offloads(stack, "param"):
+            request.wanted["fsdp_offload"] = True
+    elif "deepspeed" in distributed:
+        stage = as_int(stack.get("zero_stage"))
+        if stage is not None:
+            request.set("zero_stage", stage)
+        offload = _offloads(stack, "")
+        if offload:
+            request.wanted["zero_offload"] = offload
+    return request
+
+
+def _offloads(stack: dict[str, Any], kind: str) -> str | None:
+    """Where a stack offloads to the CPU ("optimizer+params"), from the parsers' spellings."""
+    found = []
+    for key, value in stack.items():
+        if "offload" not in key:
+            continue
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            text = f"{key}:{item}".lower()
+            if "cpu" in text and "none" not in text and kind in text:
+                found.append("params" if "param" in text else "optimizer")
+            elif item is True and kind in key:
+                found.append("params")
+    return "+".join(sorted(set(found))) or None
+
+
+def lora_targets(request: SpecRequest, model: str | None, targets: Any) -> None:
+    """LoRA target modules: 'all' for all-linear, else the names the model has."""
+    if isinstance(targets, str) and targets.strip().startswith("["):
+        targets = json.loads(targets)
+    if targets in ("all-linear", "all", ["all-linear"]) or targets is True:
+        request.set("lora_target", ["all"])
+        return
+    if isinstance(targets, str):
+        targets = [part.strip() for part in re.split(r"[,\s]+", targets) if part.strip()]
+    if not targets:
+        request.block("LoRA target modules not stated")
+        return
+    names = list(dict.fromkeys(str(t) for t in targets))
+    entry = catalog_entry(model)
+    if entry is not None:
+        from vram_ml.model_source import resolve_model
+
+        linear = set(resolve_model(entry.hf_id).shape.linear_names)
+        kept = [name for name in names if name in linear]
+        if kept and len(kept) < len(names):
+            request.set("lora_target", kept, f"peft targets only the listed names the model has "
+                        f"({', '.join(n for n in names if n not in linear)} absent)")
+            return
+    request.set("lora_target", names)
+
+
+def adamw(request: SpecRequest, optimizer: Any) -> None:
+    text = str(optimizer or "").lower()
+    if text in ("adamw", "torch.optim.adamw", "adamw_torch") or text.startswith("adamw_torch ("):
+        request.set("optimizer", "adamw_torch", f"optimizer {optimizer!r}")
+    elif text.startswith("deepspeed") and "adamw" in text:
+        request.set("optimizer", "adamw_torch", f"{optimizer}: fp32 AdamW states, as torch's")
+    elif text.startswith("hf default") or text.startswith("deepspeed/hf adamw_torch"):
+        request.set("optimizer", "adamw_torch", f"{optimizer}")
+    elif optimizer is not None:
+        request.block(f"optimizer {optimizer}: not in the Spec")
+    else:
+        request.set("optimizer", "adamw_torch", "not stated; transformers' TrainingArguments "
+                    "default optim before transformers 5 (the sources' era)")
+
+
+def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
+    """The HF-Trainer READMEs (Qwen, Qwen-VL, MiniCPM(-V), ChatGLM3, GLM-4, CogVLM2, HF blog)."""
+    request = wanted_stack(row, run)
+    method = run.get("method")
+    quant = str(run.get("quant_method") or "")
+    if "GPTQ" in quant:
+        request.block("GPTQ 4-bit base: not in the Spec")
+    elif "quantize()" in quant:
+        request.block(f"{quant}: not in the Spec")
+    elif quant:
+        request.set("quant_bits", 8 if "int8" in quant.lower() or "8-bit" in quant else 4)
+        if request.fields["quant_bits"] == 4:
+            request.set("quant_type", "fp4" if "FP4" in quant else "nf4")
+            request.set("double_quant", "nested" in quant or "double" in quant)
+        method = "qlora"
+    if method in ("full", "lora", "qlora", "freeze"):
+        request.set("method", method)
+    else:
+        request.block(f"method {method}: not in the Spec")
+    if run.get("trainable_embeddings"):
+        request.block("trainable embeddings and lm_head (modules_to_save): not in the Spec")
+    if run.get("trainable_vision"):
+        request.set("train_vision_tower", True)
+    for name in ("images_per_sample", "image_resolution"):
+        if as_int(run.get(name)) is not None:
+            request.set(name, as_int(run[name]))
+    if method in ("lora", "qlora"):
+        if run.get("lora_rank") is None:
+            request.block("LoRA rank not stated")
+        request.stated("lora_rank", as_int(run.get("lora_rank")))
+        if run.get("lora_alpha") is not None:
+            request.stated("lora_alpha", as_int(run.get("lora_alpha")))
+        target = run.get("lora_target")
+        if isinstance(target, str) and not target.strip().startswith("[") and (
+                "\\" in target or "(" in target):
+            request.block(f"LoRA target modules given as a regex ({target}): not expressible")
+        else:
+            lora_targets(request, run.get("model"), target)
+    _readme_precision(request, str(run.get("precision") or ""))
+    for name, field in (("per_device_batch_size", "batch_size"), ("seq_len", "seq_len")):
+        if as_int(run.get(name)) is None:
+            request.block(f"{field} not stated")
+        request.set(field, as_int(run.get(name)))
+    if as_int(run.get("gradient_accumulation_steps")):
+        request.set("gradient_accumulation", as_int(run["gradient_accumulation_steps"]))
+    if run.get("gradient_checkpointing") is not None:
+        request.set("gradient_checkpointing", bool(as_flag(run["gradient_checkpointing"])))
+    if run.get("attention") in ("flash_attention_2", "sdpa", "eager"):
+        request.set("attention", run["attention"])
+    adamw(request, run.get("optimizer"))
+    return request
+
+
+def _readme_precision(request: SpecRequest, precision: str) -> None:
+    text = precision.lower()
+    if text.startswith("bf16") or "compute dtype bf16" in text:
+        request.set("precision", "bf16", f"precision as stated: {precision}")
+    elif text.startswith("fp16") or "compute dtype fp16" in text or "fp16 compute" in text:
+        request.set("precision", "fp16", f"precision as stated: {precision}")
+    elif text.startswith("fp32"):
+        request.set("precision", "fp32", f"precision as stated: {precision}")
+    elif text.startswith("int"):
+        request.block(f"precision {precision}: not in the Spec")
