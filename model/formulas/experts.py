@@ -39,11 +39,12 @@ SIGMOID_ROUTERS = frozenset({"deepseek_v3", "glm4_moe", "minimax_m2", "llama4_te
 # _apply_gate) also keeps the clamped gate, its sigmoid, up + 1 and the GLU (6 I in all)
 GATE_SAVED_WIDTHS = {"gpt_oss": 6}
 # routers whose top-k weights are fp32, so that the routed block's scaled and permuted outputs
-# are fp32 too: MiniMax-M2's sigmoid runs on `router_logits.float()`; DeepSeek's and GLM-4.5's
-# fp32 router linear (`hidden_states.type(torch.float32)`, an fp32 weight) is cast down by
-# autocast, so only without autocast
-FP32_ROUTING_WEIGHTS = frozenset({"minimax_m2"})
-FP32_ROUTERS = frozenset({"deepseek_v2", "deepseek_v3", "glm4_moe"})
+# are fp32 too: MiniMax-M2's sigmoid runs on `router_logits.float()`, DeepSeek-V2's softmax has
+# `dtype=torch.float32`, neither is cast back; DeepSeek-V3's and GLM-4.5's fp32 router linear
+# (`hidden_states.type(torch.float32)`, an fp32 weight) is cast down by autocast, so their
+# weights are fp32 only without autocast
+FP32_ROUTING_WEIGHTS = frozenset({"minimax_m2", "deepseek_v2"})
+FP32_ROUTERS = frozenset({"deepseek_v3", "glm4_moe"})
 
 
 def routed_pairs(shape: ModelShape) -> int:
@@ -114,17 +115,19 @@ def pending_routed_gradient(shape: ModelShape, dt: Dtypes) -> float:
 # named gate_proj and up_proj puts LoRA of rank 2r on `experts.gate_up_proj`, down_proj rank r on
 # `experts.down_proj` -- and drops those names from the nn.Linear targets, so the dense MLPs and
 # shared experts that carry them get no LoRA. `lora_target: all` names them wherever a dense MLP
-# or a shared expert has them (DeepSeek's and GLM-4.5's first layers and shared experts); Qwen3-MoE
-# has none unless it has dense `mlp_only_layers`. Such a layer (peft ParamWrapper + _LoraFactorsProxy) forms the merged
-# weight W + B A (a full [E, out, in] copy in the weight's dtype, `torch.baddbmm`) on every forward;
-# the grouped matmul saves it and, since it now needs a gradient, its input; backward makes the
-# merged weight's gradient (another full copy) before reducing it to the LoRA factors.
+# or a shared expert has them (DeepSeek's and GLM-4.5's first layers and shared experts);
+# Qwen3-MoE has none unless it has dense `mlp_only_layers`. Such a layer (peft ParamWrapper +
+# _LoraFactorsProxy) forms the merged weight W + B A (a full [E, out, in] copy in the weight's
+# dtype, `torch.baddbmm`) on every forward; the grouped matmul saves it and, since it now needs
+# a gradient, its input; backward makes the merged weight's gradient (another full copy) before
+# reducing it to the LoRA factors.
 PEFT_EXPERT_LORA_TYPES = frozenset({"deepseek_v2", "deepseek_v3", "glm4_moe", "qwen3_moe"})
 
 
 def lora_expert_ranks(spec: Spec, shape: ModelShape) -> dict[str, int]:
     """The fused expert parameters LoRA reaches and their rank ({} when none)."""
-    if spec.method not in ("lora", "qlora") or shape.model_type not in PEFT_EXPERT_LORA_TYPES:
+    if (spec.method not in ("lora", "qlora") or shape.model_type not in PEFT_EXPERT_LORA_TYPES
+            or not shape.has_fused_experts):  # transformers 4.x: experts are nn.Linear
         return {}
     targets, ranks = set(spec.target_modules), {}
     if {"gate_proj", "up_proj"} <= targets:
