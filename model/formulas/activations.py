@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 # transformers models whose norms are nn.LayerNorm (the rest use an RMSNorm that upcasts to fp32).
 LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm",
                              "starcoder2"})
+# CohereLayerNorm: an fp32 copy, `(h - mean)` computed twice (saved by pow and by the mul with
+# rsqrt: 8 bytes per element), `weight * h` saves the fp32 normalized h when the weight trains;
+# the output is cast back to the input dtype. Its q/k norms (`use_qk_norm`) are the same module.
+FP32_LAYERNORM_TYPES = frozenset({"cohere"})
 # Liger's kernels (RMSNorm, SwiGLU, fused linear cross-entropy) patch these model types;
 # LLaMA-Factory ignores `enable_liger_kernel` for the others.
 LIGER_MODEL_TYPES = frozenset({
@@ -118,6 +122,8 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
     if shape.model_type in LAYERNORM_TYPES:
         width = 4 if dt.autocast else dt.hidden
         return hidden * width, max(1, other // (2 * hidden)), width
+    if shape.model_type in FP32_LAYERNORM_TYPES:  # one norm per layer (parallel block)
+        return hidden * (8 + (4 if trainable else 0)), 1, dt.hidden
     count = max(1, other // hidden)
     if liger_applies(spec):
         return hidden * dt.hidden, count, dt.hidden
@@ -130,7 +136,8 @@ def _qk_norms(shape: ModelShape) -> int:
     of q and k, per token."""
     if not shape.attention.qk_norm:
         return 0
-    return 4 * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
+    per_element = 8 if shape.model_type in FP32_LAYERNORM_TYPES else 4
+    return per_element * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
 
 
 def dropout_rates(spec: Spec) -> tuple[float, float, float]:
