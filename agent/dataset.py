@@ -173,8 +173,15 @@ def merge(*groups: list[Sample]) -> list[Sample]:
 
 
 def validate_file(path: Path) -> Validation:
-    """`vram-ml dataset validate`: every row of a samples file checked."""
-    return validate_rows(read_rows(path))
+    """`vram-ml dataset validate`: every row of a samples file checked.
+
+    Raises:
+        DatasetError: unreadable, or empty (not even a header: nothing says it is a dataset).
+    """
+    rows = read_rows(path)
+    if not rows and Path(path).suffix != ".parquet" and not Path(path).read_bytes().strip():
+        raise DatasetError(f"{path}: empty file (no header, no rows)")
+    return validate_rows(rows)
 
 
 def store_samples(store: SampleStore, source: str = "mlflow") -> list[Sample]:

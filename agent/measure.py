@@ -196,8 +196,9 @@ def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at
 
 def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> None:
     """The steps on real CPU tensors, counted exactly as `simulate` counts them (see step.py)."""
+    from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
     from vram_ml.model.recipe import build_model, make_batch, make_optimizer
-    from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+    from vram_ml.model.simulate.allocator import CachingAllocator
     from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
     from vram_ml.model.simulate.step import quiet_libraries, register_state
     from vram_ml.model.simulate.tracker import LiveStorageTracker
@@ -211,8 +212,8 @@ def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> Non
                 batch = make_batch(spec, model, "cpu")
                 optimizer = make_optimizer(spec, model)
         finally:
-            peaks.setup_allocated = setup.peak.peak_allocated_cuda_bytes
-            peaks.setup_reserved = setup.peak.peak_reserved_cuda_bytes
+            peaks.setup_allocated = setup.peak.peak_allocated_bytes
+            peaks.setup_reserved = setup.peak.peak_reserved_bytes
         if getattr(optimizer, "is_paged", False):
             optimizer.is_paged = False  # no unified memory here (as in simulate)
         tracker = LiveStorageTracker(
@@ -220,7 +221,7 @@ def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> Non
             hidden_bytes=cuda_hidden_bytes, allocator=CachingAllocator(),
         )
         # what lives across the steps, registered exactly as simulate registers it
-        register_state(tracker, model, batch)
+        register_state(tracker, model, batch, optimizer)
         tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
         tracker.observe(phase="setup")
         handles = tracker.watch_training(model, optimizer)
@@ -230,5 +231,5 @@ def _measure_cpu(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -> Non
         finally:
             for handle in handles:
                 handle.remove()
-            peaks.allocated = tracker.peak.peak_allocated_cuda_bytes
-            peaks.reserved = tracker.peak.peak_reserved_cuda_bytes
+            peaks.allocated = tracker.peak.peak_allocated_bytes
+            peaks.reserved = tracker.peak.peak_reserved_bytes

@@ -23,15 +23,16 @@ from typing import Any
 
 import yaml
 
+from vram_ml.agent.space_file import validate_space
 from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
-from vram_ml.model.formulas.vision import image_geometry
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "qkv_proj", "Wqkv")
 LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target")
 QUANT_FIELDS = ("quant_bits", "quant_type", "double_quant")
-VISION_FIELDS = ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector")
+VISION_FIELDS = ("images_per_sample", "image_resolution", "freeze_vision_tower",
+                 "freeze_multi_modal_projector")
 
 
 MAX_PLAN_BYTES = 32 * 2**20  # a plan or space file is text: 100k specs fit easily
@@ -76,12 +77,12 @@ def load_space(path: Path | None = None, backend: str = "cuda") -> dict[str, Any
     else:
         text = read_text_file(path, "space")
     try:
-        space = yaml.safe_load(text)
+        space = validate_space(yaml.safe_load(text))
     except yaml.YAMLError as error:
         raise PlanError(f"space: {path} is not valid YAML ({str(error).splitlines()[0]})") \
             from None
-    if not isinstance(space, dict) or "models" not in space or "knobs" not in space:
-        raise PlanError(f"space: {path or 'space.yaml'} needs `models` and `knobs`")
+    except ValueError as error:
+        raise PlanError(f"space: {path or 'space.yaml'}: {error}") from None
     if backend == "cpu" and "cpu" in space:
         cpu = space["cpu"]
         space = {**space, "models": cpu["models"], "knobs": {**space["knobs"], **cpu["knobs"]},
@@ -178,9 +179,11 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
 
 
 def image_tokens(spec: Spec) -> int:
-    """Tokens one image adds to the sequence (0 for text models): the formulas' definition."""
+    """Tokens one image adds to the sequence (0 for text models): the formulas' one definition."""
     if spec.resolved_model.shape.vision is None:
         return 0
+    from vram_ml.model.formulas.vision import image_geometry
+
     return image_geometry(spec).lm_tokens
 
 
@@ -200,7 +203,8 @@ def features(spec: Spec) -> tuple[str, ...]:
     for name in ("method", "quant_bits", "quant_type", "double_quant", "lora_rank", "lora_dropout",
                  "batch_size", "seq_len", "gradient_accumulation", "precision",
                  "gradient_checkpointing", "attention", "optimizer", "freeze_trainable_layers",
-                 "images_per_sample", "image_resolution", "train_vision_tower", "train_projector"):
+                 "images_per_sample", "image_resolution", "freeze_vision_tower",
+                 "freeze_multi_modal_projector"):
         values[name] = getattr(spec, name)
     values["lora_target"] = "all" if spec.lora_target == ("all",) else "subset"
     values["method x precision"] = f"{spec.method}/{spec.precision}"
@@ -369,14 +373,9 @@ def rough_peak_bytes(spec: Spec) -> int:
         weights = linear * packed + (shape.total_params - linear) * half
     else:
         weights = shape.total_params * half
-    if spec.method == "full":
-        trainable = shape.total_params
-    elif spec.method == "freeze":
-        trainable = spec.freeze_trainable_layers * shape.layer_params
-    else:
-        per_layer = sum(spec.lora_rank * (lin.in_features + lin.out_features) * lin.count
-                        for lin in shape.layer_linears if lin.name in spec.target_modules)
-        trainable = shape.num_layers * per_layer
+    from vram_ml.model.formulas.parameters import trainable_parameters
+
+    trainable = trainable_parameters(spec).total
     state_bytes = {"sgd": 0, "adafactor": 1, "adamw_8bit": 2, "paged_adamw_8bit": 2}
     state = state_bytes.get(spec.optimizer, 8)
     states = trainable * (4 + 4 + state)

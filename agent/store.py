@@ -65,21 +65,28 @@ class SampleStore:
         experiment: MLflow experiment name.
         retry_s: after MLflow fails, samples go to the spool only for this long before the next
             try (a down server must not slow every sample by its timeout).
+        read_only: for commands that only look (`agent status`): nothing is created, neither the
+            store's folder and identity nor a SQLite MLflow database that is not there yet.
     """
 
     def __init__(self, store_dir: Path, tracking_uri: str | None = None,
-                 experiment: str | None = None, retry_s: float = 60.0):
+                 experiment: str | None = None, retry_s: float = 60.0, read_only: bool = False):
         from vram_ml.agent.tracking import DEFAULT_EXPERIMENT, Tracking
+        from vram_ml.tracking_uri import sqlite_path
 
         self.dir = Path(store_dir)
         self.spool = Spool(self.dir)
         uri = default_tracking_uri(self.dir) if tracking_uri is None else tracking_uri
+        database = sqlite_path(uri)
+        self.unopened_uri = ""  # read-only: a SQLite store not created yet (nothing logged)
+        if read_only and database is not None and not database.exists():
+            self.unopened_uri, uri = uri, ""
         self.tracking = None
         if uri:
             from vram_ml.agent.claims import ephemeral_identity, load_identity
 
             try:
-                identity = load_identity(self.dir)
+                identity = ephemeral_identity() if read_only else load_identity(self.dir)
             except OSError:  # an unwritable store: the spool will say so; never publish as it
                 identity = ephemeral_identity()
             self.tracking = Tracking(uri, experiment or DEFAULT_EXPERIMENT, self.dir / "artifacts",
@@ -215,6 +222,9 @@ def store_status(store: SampleStore) -> dict:
               **spool_summary(scan.samples), "tracking_uri": "", "logged": None, "pending": None,
               "tracking_error": "", "running": running_now(store.dir)}
     if store.tracking is None:
+        if store.unopened_uri:
+            status["tracking_uri"] = f"{store.unopened_uri} (not created yet)"
+            status["logged"], status["pending"] = 0, len(scan.samples)
         return status
     status["tracking_uri"] = store.tracking.uri
     try:

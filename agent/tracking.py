@@ -25,6 +25,7 @@ from typing import Any
 from vram_ml.agent import claims
 from vram_ml.agent.claims import Claim, Identity
 from vram_ml.sample import MEASUREMENT_COLUMNS, PROVENANCE_COLUMNS, SPEC_COLUMNS, Sample
+from vram_ml.tracking_uri import unreachable_reason
 
 DEFAULT_EXPERIMENT = "vram-ml-samples"
 SCHEMA_TAG = "vram_ml.schema"
@@ -83,6 +84,9 @@ class Tracking:
     def _connect(self):
         if self._client is not None:
             return self._client, self._experiment_id
+        unreachable = unreachable_reason(self.uri)
+        if unreachable:  # in seconds, where MLflow would retry for minutes
+            raise TrackingUnavailable(f"MLflow at {self.uri}: {unreachable}")
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:

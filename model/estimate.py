@@ -33,6 +33,9 @@ class Estimate:
     breakdown: dict[str, int]
     lower_vram_bytes: int | None = None
     upper_vram_bytes: int | None = None
+    # what the upper bound rests on, said beside it: "assumed margin: ..." (analytical) or the
+    # learned model's quantile; "" when there is no bound
+    upper_basis: str = ""
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     notes: list[str] = field(default_factory=list)

@@ -16,6 +16,7 @@ from vram_ml.cli import app
 
 runner = CliRunner()
 README = (Path(__file__).parents[1] / "README.md").read_text()
+ASSETS = Path(__file__).parent / "assets"
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -104,6 +105,10 @@ def test_estimate_table_echoes_assumptions():
         ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--override", "num_hidden_layers"],
         ["estimate", "--model", "meta-llama/Meta-Llama-3-8B", "--estimators", "oracle"],
         ["catalog", "--family", "no-such-family"],
+        ["predict", "--config", str(ASSETS / "llamafactory_typo.yaml")],  # did you mean
+        ["predict", "--model", "Qwen/Qwen2.5-0.5B", "--gpu-memory", "0"],
+        ["fit", "--model", "Qwen/Qwen2.5-0.5B", "--gpu-memory", "-24"],
+        ["predict", "--model", "Qwen/Qwen2.5-0.5B", "--optimizer", "galore_adamw"],
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(args):
@@ -136,3 +141,35 @@ def test_estimate_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_read_only_commands_create_no_store_and_print_no_mlflow_lines(tmp_path):
+    """status, validate, predict, estimate, catalog look; they write nothing anywhere."""
+    header_only = tmp_path / "data" / "samples.csv"
+    header_only.parent.mkdir()
+    header_only.write_text((Path(__file__).parents[1] / "datasets" / "samples.csv").read_text())
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from vram_ml.cli import app\n"
+        "for args in (['agent', 'status'], ['agent', 'status', '--json'],\n"
+        f"             ['dataset', 'validate', {str(header_only)!r}],\n"
+        "             ['predict', '--model', 'Qwen/Qwen2.5-0.5B'], ['estimate'], ['catalog']):\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    assert r.exit_code == 0, (args, r.output)\n"
+        "    print(r.output)\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+           "VRAM_ML_STORE": str(tmp_path / "store")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=180, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "INFO" not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no store, home, mlflow.db
+
+
+def test_version():
+    import vram_ml
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"vram-ml {vram_ml.__version__}"

@@ -23,8 +23,8 @@ def _readme_python_api_example() -> str:
 
 def test_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "train.yaml").write_text(
-        (Path(__file__).parent / "assets" / "llamafactory_qwen_qlora.yaml").read_text())
+    text = (Path(__file__).parent / "assets" / "llamafactory_qwen_qlora.yaml").read_text()
+    (tmp_path / "train.yaml").write_text(text.replace("my_custom_key: 3\n", ""))  # a real YAML
     namespace: dict = {}
     exec(compile(_readme_python_api_example(), "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["prediction"].peak_vram_bytes > 0
@@ -47,7 +47,9 @@ def test_the_api_answers_what_the_commands_answer():
 
 
 def test_a_yaml_reads_into_the_same_spec(assets):
-    read = read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml")
+    with pytest.raises(SpecError, match="my_custom_key"):  # as LLaMA-Factory refuses it
+        read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml")
+    read = read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml", allow_unknown=True)
     assert read.spec.method == "qlora" and "my_custom_key" in read.unknown
     assert predict(read.spec).peak_vram_bytes > 0
 

@@ -69,7 +69,7 @@ def fit(
     /,
     *,
     gpu_memory_gib: float = 24.0,
-    target_effective_batch: int = 32,
+    target_effective_batch: int | None = None,
     artifact_dir: str | Path | None = None,
     **fields: Any,
 ) -> FitReport:
@@ -79,14 +79,15 @@ def fit(
     Args:
         spec: a Spec or a model source, as for `predict`.
         gpu_memory_gib: the card's memory in GiB (see `vram_ml.cards` for named cards).
-        target_effective_batch: batch x accumulation x GPUs to keep.
+        target_effective_batch: batch x accumulation x GPUs to keep (None: the spec's own).
         artifact_dir: a learned-model folder, as for `predict`.
         **fields: Spec fields over `spec`'s.
 
     Returns:
-        A FitReport: `fits`, `max_batch_size`, `max_seq_len` (None when not even the smallest
-        fits), `batch_size` and `gradient_accumulation` for the target, `changes` (single changes
-        that fit, cheapest first) or `combination`; `to_dict()` is the CLI's `--json`.
+        A FitReport: `verdict` (predict's), `fits`, `max_batch_size`, `max_seq_len` (None when
+        not even the smallest fits), `batch_size` and `gradient_accumulation` for the target,
+        `changes` (single changes that fit, cheapest first) or `combination`; `to_dict()` is the
+        CLI's `--json`.
 
     Raises:
         SpecError: an invalid configuration, or a card size that is not positive.

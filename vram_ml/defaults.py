@@ -31,8 +31,8 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "liger_kernel": (False, "enable_liger_kernel: false"),
     "images_per_sample": (0, "no images (text-only data)"),
     "image_resolution": (768, "image_max_pixels: 768*768"),
-    "train_vision_tower": (False, "freeze_vision_tower: true"),
-    "train_projector": (False, "freeze_multi_modal_projector: true"),
+    "freeze_vision_tower": (True, "freeze_vision_tower: true"),
+    "freeze_multi_modal_projector": (True, "freeze_multi_modal_projector: true"),
     "num_gpus": (1, "one process / GPU"),
     "zero_stage": (0, "deepspeed: none"),
     # The stack (vram_ml/stack.py): what `pip install llamafactory==0.9.5` resolves. Its
@@ -64,7 +64,9 @@ def optimizer_default(transformers_version: str | None) -> tuple[str, str]:
     return OLD_OPTIMIZER_DEFAULT if old else LLAMAFACTORY_DEFAULTS["optimizer"]
 
 
-IMAGE_FIELDS = ("images_per_sample", "image_resolution", "train_vision_tower", "train_projector")
+IMAGE_FIELDS = (
+    "images_per_sample", "image_resolution", "freeze_vision_tower", "freeze_multi_modal_projector",
+)
 
 
 def default(field: str) -> object:

@@ -1,11 +1,16 @@
 """Read a LLaMA-Factory training YAML (`llamafactory-cli train train.yaml`) into a Spec.
 
-Every key is accounted for: mapped to a Spec field, known but memory-irrelevant (ignored), or
-unknown (reported). Keys the file leaves out take LLaMA-Factory's defaults, echoed as `assumed`.
+Every key is accounted for: mapped to a Spec field, known but memory-irrelevant (ignored), known
+to move memory in a way not modelled (unmodelled), accepted by LLaMA-Factory but not assessed
+here (unassessed), or unknown: a key LLaMA-Factory itself refuses (vram_ml/llamafactory_keys.py),
+an error with a "did you mean" unless `allow_unknown`. Keys the file leaves out take
+LLaMA-Factory's defaults, echoed as `assumed`; a vision-language model's images per sample, which
+a YAML never says (its dataset does), is assumed to be one and said so.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +19,7 @@ from typing import Any
 import yaml
 
 from vram_ml.defaults import assumed_defaults
+from vram_ml.llamafactory_keys import LLAMAFACTORY_KEYS
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # Keys LLaMA-Factory / transformers accept that do not change peak memory.
@@ -63,7 +69,6 @@ IGNORED_KEYS = frozenset(
         "eval_strategy",
         "eval_steps",
         "trust_remote_code",
-        "quantization_method",
         "flash_attn_version",
         "lr_scheduler_kwargs",
         "push_to_hub",
@@ -73,11 +78,6 @@ IGNORED_KEYS = frozenset(
         "buffer_size",
         "mix_strategy",
         "interleave_probs",
-        "image_min_pixels",
-        "video_max_pixels",
-        "video_min_pixels",
-        "video_fps",
-        "video_maxlen",
         "media_dir",
         "include_num_input_tokens_seen",
         "use_reentrant_gc",
@@ -119,8 +119,20 @@ UNMODELLED_KEYS = frozenset(
         "torch_compile",
         "video_max_pixels_train",
         "moe_aux_loss_coef",
+        # videos: a sample's frames add image tokens; vram-ml models images only
+        "video_max_pixels",
+        "video_min_pixels",
+        "video_fps",
+        "video_maxlen",
     }
 )
+# LLaMA-Factory's on-the-fly quantization methods (model_utils/quantization.py): bitsandbytes is
+# modelled; HQQ and EETQ store weights in other formats; the rest name pre-quantized checkpoints
+# and quantize nothing on the fly.
+QUANTIZATION_METHODS = ("bnb", "bitsandbytes")
+OTHER_ON_THE_FLY_QUANTIZATION = ("hqq", "eetq")
+IMAGES_ASSUMED = 1  # a VLM YAML does not say how many images a sample has: its dataset does
+IMAGE_MAX_PIXELS_DEFAULT = 768 * 768  # LLaMA-Factory data_args.py
 
 _FLASH_ATTN = {
     "auto": "sdpa",
@@ -141,16 +153,18 @@ class LlamaFactoryRead:
     assumed: dict[str, str] = field(default_factory=dict)  # spec field -> LLaMA-Factory default
     ignored: list[str] = field(default_factory=list)
     unmodelled: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # refused unless allow_unknown
+    unassessed: list[str] = field(default_factory=list)  # LLaMA-Factory keys not classified here
 
 
 def read_llamafactory_yaml(
-    path: str | Path, overrides: dict[str, Any] | None = None
+    path: str | Path, overrides: dict[str, Any] | None = None, allow_unknown: bool = False
 ) -> LlamaFactoryRead:
     """Read a LLaMA-Factory YAML; `overrides` (Spec fields, e.g. from CLI flags) win over the file.
 
     Raises:
-        SpecError: unreadable file, bad YAML, or an invalid configuration (one line).
+        SpecError: unreadable file, bad YAML, a key LLaMA-Factory refuses (unless
+            `allow_unknown`), or an invalid configuration (one line).
     """
     path = Path(path)
     try:
@@ -159,7 +173,8 @@ def read_llamafactory_yaml(
         raise SpecError(f"config: no such file {str(path)!r}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"config: cannot read {str(path)!r} ({type(error).__name__})") from None
-    return spec_from_llamafactory(parse_llamafactory_text(text, repr(str(path))), overrides)
+    return spec_from_llamafactory(parse_llamafactory_text(text, repr(str(path))), overrides,
+                                  allow_unknown)
 
 
 def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]:
@@ -182,7 +197,7 @@ def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]
 
 
 def spec_from_llamafactory(
-    raw: dict[str, Any], overrides: dict[str, Any] | None = None
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, allow_unknown: bool = False
 ) -> LlamaFactoryRead:
     fields, consumed = _map_keys(raw)
     fields.update(overrides or {})
@@ -190,17 +205,37 @@ def spec_from_llamafactory(
     unmodelled = sorted(
         key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)
     )
-    unknown = sorted(
-        str(key)
-        for key in raw
-        if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS
-    )
+    rest = [str(key) for key in raw
+            if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS]
+    unassessed = sorted(key for key in rest if key in LLAMAFACTORY_KEYS)
+    unknown = sorted(key for key in rest if key not in LLAMAFACTORY_KEYS)
+    if unknown and not allow_unknown:
+        raise SpecError(unknown_keys_message(unknown))
     spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
-                               spec.transformers_version)
+    multimodal = spec.resolved_model.shape.is_multimodal
+    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
+    if multimodal and "images_per_sample" not in fields:
+        spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
+        assumed["images_per_sample"] = images_assumed_note()
     if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
         assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
-    return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown)
+    return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown, unassessed)
+
+
+def images_assumed_note() -> str:
+    return (f"images per sample: unknown (the YAML does not say; its dataset does), estimated "
+            f"with {IMAGES_ASSUMED}; pass --images N")
+
+
+def unknown_keys_message(unknown: list[str]) -> str:
+    """One line: each key LLaMA-Factory would refuse, with the closest known key (difflib)."""
+    known = sorted(LLAMAFACTORY_KEYS | IGNORED_KEYS | UNMODELLED_KEYS)
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        described.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return (f"config: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(described)}: "
+            "LLaMA-Factory refuses keys it does not know; --allow-unknown to go on without them")
 
 
 def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -238,6 +273,7 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         raise SpecError(f"finetuning_type: {finetuning!r} is not one of lora, full, freeze")
     fields["method"] = _FINETUNING[finetuning]
     bits = take("quantization_bit") if "quantization_bit" in raw else None
+    _check_quantization_method(raw, take, bits)
     if bits is not None:
         fields["quant_bits"] = bits
         if fields["method"] != "lora":
@@ -253,17 +289,10 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         if value not in _FLASH_ATTN:
             raise SpecError(f"flash_attn: {value!r} is not one of {', '.join(_FLASH_ATTN)}")
         fields["attention"] = _FLASH_ATTN[value]
-    if "image_max_pixels" in raw:
-        pixels = take("image_max_pixels")
-        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0:
-            raise SpecError(f"image_max_pixels: must be a positive integer (got {pixels!r})")
-        fields["image_resolution"] = math.isqrt(pixels)
-    for key, name in (
-        ("freeze_vision_tower", "train_vision_tower"),
-        ("freeze_multi_modal_projector", "train_projector"),
-    ):
+    fields.update(_image_keys(raw, take))
+    for key in ("freeze_vision_tower", "freeze_multi_modal_projector"):
         if key in raw:
-            fields[name] = not bool(take(key))
+            fields[key] = take(key)
     if "images_per_sample" in raw:  # not a LLaMA-Factory key: its data decides; ours to say
         fields["images_per_sample"] = take("images_per_sample")
     if "deepspeed" in raw and take("deepspeed"):
@@ -272,6 +301,40 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
     if "num_gpus" in raw:  # not a LLaMA-Factory key (torchrun decides); ours to say
         fields["num_gpus"] = take("num_gpus")
     return fields, consumed
+
+
+def _pixels(raw: dict[str, Any], take, key: str) -> int | None:
+    if key not in raw:
+        return None
+    pixels = take(key)
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0:
+        raise SpecError(f"{key}: must be a positive integer (got {pixels!r})")
+    return pixels
+
+
+def _image_keys(raw: dict[str, Any], take) -> dict[str, Any]:
+    """`image_max_pixels` bounds every image (LLaMA-Factory resizes larger ones down to it): the
+    estimate assumes square images at that bound (`image_resolution` = its square root), so
+    `image_min_pixels` (smaller images are resized up to it) only has to be consistent."""
+    largest = _pixels(raw, take, "image_max_pixels")
+    smallest = _pixels(raw, take, "image_min_pixels")
+    if smallest is not None and smallest > (largest or IMAGE_MAX_PIXELS_DEFAULT):
+        raise SpecError(f"image_min_pixels: {smallest} exceeds image_max_pixels "
+                        f"({largest or IMAGE_MAX_PIXELS_DEFAULT})")
+    return {} if largest is None else {"image_resolution": math.isqrt(largest)}
+
+
+def _check_quantization_method(raw: dict[str, Any], take, bits: Any) -> None:
+    if "quantization_method" not in raw:
+        return
+    method = str(take("quantization_method")).lower()
+    if bits is None or method in QUANTIZATION_METHODS:
+        return  # without quantization_bit, LLaMA-Factory quantizes nothing on the fly
+    if method in OTHER_ON_THE_FLY_QUANTIZATION:
+        raise SpecError(f"quantization_method: {method} is not modelled (vram-ml models "
+                        "bitsandbytes 4/8-bit only; its packed weights and constants differ)")
+    raise SpecError(f"quantization_method: {method} quantizes nothing on the fly in LLaMA-Factory "
+                    "(it names a pre-quantized checkpoint, which vram-ml does not model)")
 
 
 def _precision(raw: dict[str, Any], take) -> dict[str, Any]:

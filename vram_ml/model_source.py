@@ -117,14 +117,28 @@ def resolve_model(source: str, overrides: dict[str, Any] | None = None) -> Resol
         name, family = _config_name(config), config.get("model_type", "unknown")
     config = apply_overrides(config, overrides or {})
     try:
-        check_size_keys(config)
-        shape = shape_from_config(config)
+        shape = _shape(config)
     except (UnsupportedArchitecture, IncompleteConfig) as error:
         raise ModelSourceError(f"model {source!r}: {error}") from None
     except (KeyError, TypeError, ValueError, ArithmeticError) as error:
         raise ModelSourceError(f"model {source!r}: config lacks or mangles field {error}") from None
     _check_shape(source, shape)
     return ResolvedModel(name=name, source_kind=kind, family=family, config=config, shape=shape)
+
+
+def _shape(config: dict[str, Any]) -> ModelShape:
+    """The builder's shape, refused when the config sets none of the numbers that decide memory.
+    The builder runs first so that an unknown model_type, or a variant a builder refuses by name,
+    says so; a builder that failed on a missing key gets the missing numbers' reason if any."""
+    try:
+        shape = shape_from_config(config)
+    except UnsupportedArchitecture:
+        raise
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        check_size_keys(config)
+        raise
+    check_size_keys(config)
+    return shape
 
 
 # A config's sizes must be positive whole numbers of a plausible magnitude: every estimator

@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from vram_ml.spec import STACK_FIELDS, Spec, SpecError, build_spec
+from vram_ml.spec import STACK_FIELDS, Spec, SpecError, build_spec, renamed_fields
 
 Status = Literal["ok", "oom", "error"]
 Backend = Literal["cuda", "published", "cpu", "simulated"]
@@ -150,7 +150,8 @@ def row_to_sample(row: dict[str, Any]) -> Sample:
     Raises:
         SampleError: a missing, corrupt or inconsistent field (one line).
     """
-    row = _from_before_stack({key: _clean(value) for key, value in row.items()})
+    row = _from_before_stack(renamed_fields({key: _clean(value) for key, value in row.items()},
+                                            _as_bool))
     spec_fields: dict[str, Any] = {}
     for name in SPEC_COLUMNS:
         if row.get(name) is None:
@@ -226,8 +227,8 @@ _BOOL_SPEC = {
     "double_quant",
     "gradient_checkpointing",
     "liger_kernel",
-    "train_vision_tower",
-    "train_projector",
+    "freeze_vision_tower",
+    "freeze_multi_modal_projector",
 }
 
 

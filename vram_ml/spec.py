@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vram_ml.architectures import ModelShape
 from vram_ml.defaults import STACK_FIELDS, default, optimizer_default
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
+from vram_ml.optimizers import Optimizer, optimizer_name
 from vram_ml.stack import LIBRARIES, check_version, parse_version
 
 Method = Literal["full", "freeze", "lora", "qlora"]
@@ -28,15 +30,19 @@ Method = Literal["full", "freeze", "lora", "qlora"]
 # (peft's adapters aside), so pure_bf16 and no_amp train the same way there.
 Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
 Attention = Literal["eager", "sdpa", "flash_attention_2"]
-Optimizer = Literal[
-    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
-    "sgd", "adafactor",
-]
 # llamafactory: llamafactory-cli train; trl: Hugging Face Trainer / TRL SFTTrainer + peft
 # (vram_ml/stack.py; what each does to memory: model/formulas/stack.py).
 Framework = Literal["llamafactory", "trl"]
 SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
 # 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
+# Fields renamed to LLaMA-Factory's names (old name -> new name; the boolean is inverted). A rename
+# changes no configuration, so `spec_id` hashes these under their old names: ids in stores,
+# claims and datasets stay valid (spec_id_v1 too); rows with the old columns load
+# (renamed_fields).
+LEGACY_SPEC_FIELDS = {
+    "train_vision_tower": "freeze_vision_tower",
+    "train_projector": "freeze_multi_modal_projector",
+}
 
 
 class SpecError(ValueError):
@@ -69,8 +75,8 @@ class Spec(BaseModel):
     liger_kernel: bool = default("liger_kernel")
     images_per_sample: int = Field(default=default("images_per_sample"), ge=0, le=64)
     image_resolution: int = Field(default=default("image_resolution"), ge=28, le=8192)
-    train_vision_tower: bool = default("train_vision_tower")
-    train_projector: bool = default("train_projector")
+    freeze_vision_tower: bool = default("freeze_vision_tower")
+    freeze_multi_modal_projector: bool = default("freeze_multi_modal_projector")
     num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
     # --- the stack: the framework and the library versions whose code moves memory ---
@@ -98,6 +104,11 @@ class Spec(BaseModel):
         if "optimizer" not in data:
             data["optimizer"] = optimizer_default(data["transformers_version"])[0]
         return data
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_name(cls, value: Any) -> Any:
+        return optimizer_name(value)
 
     @field_validator("lora_target", mode="before")
     @classmethod
@@ -177,11 +188,14 @@ class Spec(BaseModel):
         return shape.linear_names if self.lora_target == ("all",) else self.lora_target
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that define the configuration, with the model named canonically."""
+        """The fields that define the configuration, with the model named canonically (renamed
+        fields under their old names, see LEGACY_SPEC_FIELDS: the hash does not move)."""
         fields = self.model_dump(mode="json")
         fields["model"] = self.resolved_model.name
         fields["lora_target"] = list(self.target_modules)
         fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
+        for old, new in LEGACY_SPEC_FIELDS.items():
+            fields[old] = not fields.pop(new)
         fields["spec_version"] = SPEC_VERSION
         return fields
 
@@ -197,6 +211,19 @@ class Spec(BaseModel):
         fields["spec_version"] = 1
         payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def renamed_fields(fields: dict[str, Any],
+                   as_bool: Callable[[str, Any], bool] = lambda _, value: bool(value)
+                   ) -> dict[str, Any]:
+    """Spec fields as written before a rename (LEGACY_SPEC_FIELDS): each old field read as the
+    new one, its boolean inverted (`as_bool` reads the old value: CSV text, JSON, ...)."""
+    fields = dict(fields)
+    for old, new in LEGACY_SPEC_FIELDS.items():
+        if old in fields and fields.get(new) is None:
+            value = fields.pop(old)
+            fields[new] = None if value is None else not as_bool(old, value)
+    return fields
 
 
 def build_spec(**fields: Any) -> Spec:

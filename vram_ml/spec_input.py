@@ -27,12 +27,14 @@ class SpecInput:
     assumed: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     unmodelled: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # LLaMA-Factory refuses them (allowed here)
+    unassessed: list[str] = field(default_factory=list)  # its keys vram-ml has not classified
 
     @classmethod
     def from_read(cls, read: LlamaFactoryRead, source: str) -> SpecInput:
         """The SpecInput of a read LLaMA-Factory YAML."""
-        return cls(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown)
+        return cls(read.spec, source, read.assumed, read.ignored, read.unmodelled, read.unknown,
+                   read.unassessed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,7 @@ class SpecInput:
             "ignored": self.ignored,
             "unmodelled": self.unmodelled,
             "unknown": self.unknown,
+            "unassessed": self.unassessed,
         }
 
 
@@ -52,7 +55,12 @@ def spec_input_from_fields(fields: dict[str, Any], source: str = "flags") -> Spe
     Raises:
         SpecError: an invalid configuration, one line naming the field.
     """
+    from vram_ml.llamafactory import IMAGES_ASSUMED, images_assumed_note
+
     spec = build_spec(**fields)
-    assumed = assumed_defaults(fields, spec.resolved_model.shape.is_multimodal,
-                               spec.transformers_version)
+    multimodal = spec.resolved_model.shape.is_multimodal
+    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
+    if multimodal and "images_per_sample" not in fields:  # as for a YAML: said, not hidden
+        spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
+        assumed["images_per_sample"] = images_assumed_note()
     return SpecInput(spec, source, assumed)

@@ -7,11 +7,12 @@ sequence length.
 
 Answers:
 - the largest batch size and the largest cutoff length that fit, the rest unchanged;
-- the gradient accumulation that keeps a target effective batch
-  (batch x accumulation x GPUs = target, default 32) at the batch chosen;
+- the gradient accumulation that keeps the effective batch (batch x accumulation x GPUs: the
+  spec's own unless a target is given) at the batch chosen;
 - when the spec does not fit: the cheapest single change that makes it fit, in the order a
-  practitioner would try them (free first, quality-affecting last), and the cheapest combination
-  when no single change is enough.
+  practitioner would try them (free first, quality-affecting last; changes within the method
+  before a change of method), and the cheapest combination when no single change is enough. A
+  change that leads where the recipe cannot measure (model/recipe_support.py) says so.
 
 Example:
     report = find_fit(spec, gpu_memory_bytes=24 * 1024**3)
@@ -25,13 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from vram_ml.model.learned.estimator import LearnedEstimator
+from vram_ml.model.answers.prediction import verdict
+from vram_ml.model.formulas.activations import liger_applies
+from vram_ml.model.learned.estimator import LEARNED_UPPER_BASIS, LearnedEstimator
+from vram_ml.model.recipe_support import recipe_refusal
+from vram_ml.optimizers import EIGHT_BIT
 from vram_ml.spec import Spec, SpecError, build_spec
 
 MAX_BATCH = 1024
 MIN_SEQ, MAX_SEQ = 64, 131072
 SEQ_STEP = 128  # cutoff lengths are proposed in multiples of this
-FULL_STATE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Change:
     peak_vram_bytes: int = 0
     bound_vram_bytes: int = 0
     fits: bool = False
+    unmeasured: str = ""  # why no micro-training can measure where this change leads ("": it can)
 
 
 @dataclass
@@ -51,10 +56,11 @@ class FitReport:
     spec: Spec
     gpu_memory_bytes: int
     estimator: str  # who answered: learned | analytical
-    bound_name: str  # "upper bound (q0.95)" | "point estimate"
+    bound_name: str  # "upper bound (q0.95 ...)" | "upper bound (assumed margin ...)" | "point ..."
     peak_vram_bytes: int
     bound_vram_bytes: int
-    fits: bool
+    verdict: str  # fits | tight | does not fit: predict's verdict (answers.prediction.verdict)
+    fits: bool  # verdict == "fits": what the searches below require
     max_batch_size: int | None  # None: not even batch 1 fits
     max_seq_len: int | None
     batch_size: int  # the batch proposed for the target effective batch
@@ -73,51 +79,29 @@ class FitReport:
 
 
 def candidate_changes(spec: Spec) -> list[Change]:
-    """Changes that lower memory, cheapest first (only those that change this spec)."""
+    """Changes that lower memory, cheapest first, within the method before a change of method
+    (only those that change this spec)."""
     lora = spec.method in ("lora", "qlora")
+    eight_bit = EIGHT_BIT.get(spec.optimizer)
     options = [  # (applies, description, what it costs the user, fields)
-        (
-            spec.attention == "eager",
-            "attention: sdpa",
-            "none (no S x S score matrix)",
-            {"attention": "sdpa"},
-        ),
-        (
-            not spec.liger_kernel,
-            "enable Liger kernels",
-            "none (fused loss, no full logits)",
-            {"liger_kernel": True},
-        ),
-        (
-            not spec.gradient_checkpointing,
-            "enable gradient checkpointing",
-            "~30% slower steps",
-            {"gradient_checkpointing": True},
-        ),
-        (
-            spec.optimizer in FULL_STATE_OPTIMIZERS,
-            "optimizer: adamw_8bit",
-            "tiny quality risk",
-            {"optimizer": "adamw_8bit"},
-        ),
-        (
-            lora and spec.lora_rank > 8,
-            f"LoRA rank {spec.lora_rank} -> 8",
-            "less adapter capacity",
-            {"lora_rank": 8},
-        ),
-        (
-            not lora,
-            "method: lora (rank 8)",
-            "adapters instead of full weights",
-            {"method": "lora", "lora_rank": 8},
-        ),
-        (
-            spec.method != "qlora" or spec.quant_bits == 8,
-            "method: qlora 4-bit",
-            "4-bit base weights, slower steps",
-            {"method": "qlora", "quant_bits": 4},
-        ),
+        (spec.attention == "eager", "attention: sdpa", "none (no S x S score matrix)",
+         {"attention": "sdpa"}),
+        (not spec.liger_kernel and liger_applies(spec.model_copy(update={"liger_kernel": True})),
+         "enable Liger kernels", "none (fused loss, no full logits)", {"liger_kernel": True}),
+        (not spec.gradient_checkpointing, "enable gradient checkpointing", "~30% slower steps",
+         {"gradient_checkpointing": True}),
+        (eight_bit is not None, f"optimizer: {eight_bit}", "tiny quality risk (8-bit states)",
+         {"optimizer": eight_bit}),
+        (not lora and spec.precision in ("bf16", "no_amp", "fp32"), "precision: pure_bf16",
+         "bf16 weights and optimizer states, no fp32 copy: less precise updates",
+         {"precision": "pure_bf16"}),
+        (lora and spec.lora_rank > 8, f"LoRA rank {spec.lora_rank} -> 8",
+         "less adapter capacity", {"lora_rank": 8}),
+        # a change of method last: a different fine-tuning, not the same one in less memory
+        (not lora, "method: lora (rank 8)", "adapters instead of full weights",
+         {"method": "lora", "lora_rank": 8}),
+        (spec.method != "qlora" or spec.quant_bits == 8, "method: qlora 4-bit",
+         "4-bit base weights, slower steps", {"method": "qlora", "quant_bits": 4}),
     ]
     return [Change(text, cost, fields) for applies, text, cost, fields in options if applies]
 
@@ -125,11 +109,14 @@ def candidate_changes(spec: Spec) -> list[Change]:
 def find_fit(
     spec: Spec,
     gpu_memory_bytes: int,
-    target_effective_batch: int = 32,
+    target_effective_batch: int | None = None,
     estimator: LearnedEstimator | None = None,
 ) -> FitReport:
-    """What fits a card of `gpu_memory_bytes` (see the module docstring)."""
+    """What fits a card of `gpu_memory_bytes` (see the module docstring); the effective batch
+    kept is `target_effective_batch`, else the spec's own (batch x accumulation x GPUs)."""
     estimator = estimator or LearnedEstimator()
+    own = spec.batch_size * spec.gradient_accumulation * spec.num_gpus
+    target_effective_batch = target_effective_batch or own
     first = estimator.predict_batch([spec])
     bound = _bounds(first)
     report = FitReport(
@@ -139,6 +126,7 @@ def find_fit(
         bound_name=_bound_name(first),
         peak_vram_bytes=round(first.peak_vram_bytes[0]),
         bound_vram_bytes=round(bound[0]),
+        verdict=verdict(first.peak_vram_bytes[0], bound[0], gpu_memory_bytes),
         fits=bool(bound[0] <= gpu_memory_bytes),
         max_batch_size=largest_fitting(
             spec, "batch_size", _batch_candidates, gpu_memory_bytes, estimator
@@ -146,7 +134,7 @@ def find_fit(
         max_seq_len=largest_fitting(spec, "seq_len", _seq_candidates, gpu_memory_bytes, estimator),
         batch_size=spec.batch_size,
         gradient_accumulation=spec.gradient_accumulation,
-        effective_batch=spec.batch_size * spec.gradient_accumulation * spec.num_gpus,
+        effective_batch=own,
         target_effective_batch=target_effective_batch,
     )
     if report.max_batch_size is not None:
@@ -229,8 +217,8 @@ def _seq_candidates(spec: Spec) -> list[int]:
 def _cheapest_changes(
     spec: Spec, gpu_memory_bytes: int, estimator: LearnedEstimator
 ) -> tuple[list[Change], Change | None]:
-    """Single changes that fit (cheapest first); else the shortest prefix of the list, applied
-    together, that fits."""
+    """Within the method first: its single changes that fit (cheapest first), else the shortest
+    prefix of them that fits together; only then the same with a change of method."""
     changes = candidate_changes(spec)
     prefixes = [
         {k: v for change in changes[:n] for k, v in change.fields.items()}
@@ -241,21 +229,36 @@ def _cheapest_changes(
         if score is not None:
             change.peak_vram_bytes, change.bound_vram_bytes = score
             change.fits = score[1] <= gpu_memory_bytes
-    fitting = [change for change in changes if change.fits]
-    if fitting:
-        return fitting, None
-    for n, (fields, score) in enumerate(
-        zip(prefixes, scores[len(changes) :], strict=True), start=2
-    ):
-        if score is not None and score[1] <= gpu_memory_bytes:
-            return [], Change(
-                " + ".join(c.description for c in changes[:n]),
-                "; ".join(c.cost for c in changes[:n]),
-                fields,
-                *score,
-                fits=True,
-            )
+            change.unmeasured = _unmeasured(spec, change.fields)
+    same_method = sum("method" not in change.fields for change in changes)
+    for group in (changes[:same_method], changes[same_method:]):
+        fitting = [change for change in group if change.fits]
+        if fitting:
+            return fitting, None
+        last = changes.index(group[-1]) + 1 if group else 0
+        for n, (fields, score) in enumerate(
+            zip(prefixes[: max(0, last - 1)], scores[len(changes):], strict=False), start=2
+        ):
+            if score is not None and score[1] <= gpu_memory_bytes:
+                return [], Change(
+                    " + ".join(c.description for c in changes[:n]),
+                    "; ".join(c.cost for c in changes[:n]),
+                    fields,
+                    *score,
+                    fits=True,
+                    unmeasured=_unmeasured(spec, fields),
+                )
     return [], None
+
+
+def _unmeasured(spec: Spec, fields: dict[str, Any]) -> str:
+    """Where the recipe cannot go (its refusal), for a change that leads there from a spec it
+    can build: "" when the change stays measurable."""
+    variant = _variant(spec, fields)
+    if variant is None or recipe_refusal(spec):
+        return ""
+    refusal = recipe_refusal(variant)
+    return f"unmeasured: {refusal}; no GPU sample checks this estimate" if refusal else ""
 
 
 def _variant(spec: Spec, fields: dict[str, Any]) -> Spec | None:
@@ -268,7 +271,9 @@ def _variant(spec: Spec, fields: dict[str, Any]) -> Spec | None:
 def _bound_name(prediction: Any) -> str:
     if prediction.upper_vram_bytes is None:
         return "point estimate"
-    return "upper bound (q0.95)" if prediction.estimator == "learned" else "upper bound"
+    if prediction.estimator == "learned":
+        return f"upper bound ({LEARNED_UPPER_BASIS})"
+    return f"upper bound ({prediction.analytical[0].upper_basis})"
 
 
 def _bounds(prediction: Any) -> np.ndarray:

@@ -8,6 +8,8 @@ one, else the point estimate.
 Example:
     prediction = predict(spec, gpu_memory_gib=[24, 80])
     prediction.to_dict()["cards"][0]["verdict"]   # "fits" | "tight" | "does not fit"
+
+Memory on screen is in GiB (2^30 bytes); a card sold as "24 GB" (RTX 4090, A10G) has 24 GiB.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ from vram_ml.spec import Spec
 # Common cards, by their nominal memory ("24 GB" cards have 24 GiB: RTX 3090/4090, A10G 24 GiB;
 # A100 40 GiB; L40S / RTX 6000 Ada 48 GiB; A100 / H100 80 GiB).
 COMMON_CARDS_GIB = (24.0, 40.0, 48.0, 80.0)
+
+
+VERDICTS = ("fits", "tight", "does not fit")
+
+
+def verdict(peak_bytes: int | float, bound_bytes: int | float, card_bytes: int) -> str:
+    """The one verdict `predict` and `fit` give a card: `fits` (the bound fits), `tight` (the
+    point estimate fits, the bound does not), `does not fit` (not even the point estimate)."""
+    if bound_bytes <= card_bytes:
+        return "fits"
+    return "tight" if peak_bytes <= card_bytes else "does not fit"
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Prediction:
             "fallback_reason": self.fallback_reason,
             "peak_vram_bytes": answer.peak_vram_bytes,
             "upper_vram_bytes": answer.upper_vram_bytes,
+            "upper_basis": answer.upper_basis,
             "peak_allocated_bytes": answer.peak_allocated_bytes,
             "peak_reserved_bytes": answer.peak_reserved_bytes,
             "breakdown": answer.breakdown,
@@ -94,10 +108,5 @@ def predict(
 def card_verdict(estimate: Estimate, gpu_memory_gib: float) -> CardVerdict:
     card = int(gpu_memory_gib * GIB)
     bound = estimate.upper_vram_bytes or estimate.peak_vram_bytes
-    if bound <= card:
-        verdict = "fits"
-    elif estimate.peak_vram_bytes <= card:
-        verdict = "tight"
-    else:
-        verdict = "does not fit"
-    return CardVerdict(gpu_memory_gib, card, verdict, card - bound)
+    return CardVerdict(gpu_memory_gib, card, verdict(estimate.peak_vram_bytes, bound, card),
+                       card - bound)

@@ -15,13 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas import experts
-from vram_ml.model.formulas.model_states import (
-    Dtypes,
-    adapter_tensors,
-    layer_norm_params,
-    numel,
-    vision_linears,
-)
+from vram_ml.model.formulas.model_states import Dtypes, layer_norm_params
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -45,6 +39,12 @@ LIGER_MODEL_TYPES = frozenset({
 # LogSoftmaxBackward: the saved fp32 output + the fp32 gradient from nll_loss + the fp32 gradient
 # it returns = 12 bytes per logit (forward holds at most 2 + 4 + 4 = 10).
 LOSS_BYTES_PER_LOGIT = 12
+# Models whose own forward computes the loss differently from transformers' ForCausalLMLoss
+# (which upcasts the logits and shifts the labels): Qwen (v1) runs CrossEntropyLoss on a shifted
+# `.contiguous()` copy of the logits as they are (modeling_qwen.py QWenLMHeadModel.forward);
+# ChatGLM upcasts the logits to fp32, then takes a shifted fp32 copy (modeling_chatglm.py).
+SHIFTED_COPY_LOSS_TYPES = frozenset({"qwen"})
+SHIFTED_FP32_LOSS_TYPES = frozenset({"chatglm"})
 # Bytes per element that an MLP activation written as pointwise ops saves, (with, without)
 # autocast: NewGELU keeps its input (fp32 under autocast: pow), tanh's output, 0.5 * input and
 # 1 + tanh; FastGELU six tensors; QuickGELU input and sigmoid. F.gelu / F.silu keep the input.
@@ -59,6 +59,12 @@ ROLES = {
 # SDPA calls that broadcast one K/V head over all query heads without `enable_gqa` (Falcon's own
 # attention): flash and memory-efficient kernels refuse them, the math kernel runs in fp32.
 MATH_SDPA_TYPES = frozenset({"falcon"})
+# Attention that expands its K/V groups to every query head (`.expand(...).contiguous()`) before
+# SDPA, which then saves the expanded copies (modeling_chatglm.py SelfAttention.forward).
+EXPANDED_KV_TYPES = frozenset({"chatglm"})
+# RMSNorms that multiply the input (not an fp32 copy of it) by the fp32 rsqrt, so the input is
+# saved too, and whose trainable weight multiplies an fp32 tensor (modeling_chatglm.py RMSNorm).
+INPUT_SAVING_RMSNORM_TYPES = frozenset({"chatglm"})
 # transformers' configuration defaults for dropout where a config may omit them (GPT-2 style).
 DEFAULT_DROPOUT = {"gpt_bigcode": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1}}
 
@@ -76,6 +82,24 @@ def attention_kind(spec: Spec, shape: ModelShape) -> str:
 
 def liger_applies(spec: Spec) -> bool:
     return spec.liger_kernel and spec.resolved_model.shape.model_type in LIGER_MODEL_TYPES
+
+
+def model_loss_bytes_per_logit(spec: Spec, dt: Dtypes) -> tuple[int, int] | None:
+    """(at the loss forward's largest, at its largest in backward) bytes per logit of a model
+    whose own forward computes the loss (no Liger); None for transformers' loss (its bytes
+    depend on the transformers version: StackRules.forward_logit_bytes, LOSS_BYTES_PER_LOGIT).
+    SHIFTED_COPY_LOSS_TYPES: the logits and their shifted copy; under CUDA autocast log_softmax
+    runs in fp32 (autocast's fp32 list: an fp32 cast of its input, an fp32 output, then backward
+    as transformers'), without it all three in the compute dtype. SHIFTED_FP32_LOSS_TYPES: the
+    fp32 upcast, its shifted copy and the fp32 log-softmax output."""
+    model_type = spec.resolved_model.shape.model_type
+    if model_type in SHIFTED_COPY_LOSS_TYPES:
+        if dt.autocast:
+            return 2 * dt.compute + 4 + 4, LOSS_BYTES_PER_LOGIT
+        return 3 * dt.compute, 3 * dt.compute
+    if model_type in SHIFTED_FP32_LOSS_TYPES:
+        return 4 + 4 + 4, LOSS_BYTES_PER_LOGIT
+    return None
 
 
 def _role(lin: LinearShape, shape: ModelShape) -> str:
@@ -128,6 +152,8 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
     if liger_applies(spec):
         return hidden * dt.hidden, count, dt.hidden
     weight = dt.trainable if trainable else dt.norm_bytes
+    if shape.model_type in INPUT_SAVING_RMSNORM_TYPES:
+        return hidden * (4 + dt.hidden + (4 if trainable else 0)), count, dt.hidden
     return hidden * (4 + (dt.hidden if trainable else 0)), count, max(weight, dt.hidden)
 
 
@@ -159,7 +185,7 @@ def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:
     SDPA's math kernel (MATH_SDPA_TYPES with fewer K/V heads): fp32 q, expanded k, v, probs."""
     heads = shape.num_attention_heads
     q = heads * shape.head_dim
-    kv = shape.num_key_value_heads * shape.head_dim
+    kv = q if shape.model_type in EXPANDED_KV_TYPES else shape.num_key_value_heads * shape.head_dim
     dropout = 1 if dropout_rates(spec)[2] else 0
     if attention_kind(spec, shape) == "eager" and shape.attention.sinks:
         # gpt-oss: a softmax in the compute dtype over the scores + one sink column, and the
@@ -307,26 +333,6 @@ def checkpoint_kept_per_token(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
         for (_, expert), members in _layout(shape).items():
             kept += 0 if expert else members[0].in_features * dt.compute
     return kept
-
-
-def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
-    """(trainable matmul weights, of which the output head): under CUDA autocast each fp32
-    trainable weight a matmul reads gets a cached half copy, saved for backward by its op."""
-    head = (shape.lm_head_params or shape.embedding_params) if spec.method == "full" else 0
-    if spec.method == "full":
-        groups = shape.layer_groups
-    elif spec.method == "freeze":
-        groups = shape.groups_of_layers(range(shape.num_layers - spec.freeze_trainable_layers,
-                                              shape.num_layers))
-    else:
-        return numel(adapter_tensors(spec, shape)), 0
-    weights = sum(count * lin.count * lin.in_features * lin.out_features
-                  for count, group in groups for lin in group.layer_linears)
-    if shape.vision is not None and spec.train_vision_tower:
-        weights += numel(vision_linears(shape))
-    if shape.vision is not None and spec.train_projector:
-        weights += shape.projector_params
-    return weights + head, head
 
 
 def _lora_backward_transient(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:

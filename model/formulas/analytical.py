@@ -33,13 +33,16 @@ What the framework and library versions change is asked of `StackRules` (stack.p
 say when one of its rules moved the answer (stack_notes.py).
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
-micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. Then peak_reserved =
-peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram = sample.peak_vram(CUDA_CONTEXT_BYTES,
-peak_reserved, paged optimizer states), the measured target's definition (vram_ml/sample.py): a
-paged optimizer's states of tensors of at least 1e5 elements are in CUDA managed memory, outside
-PyTorch's allocator, the rest in it (model_states.paged_state_bytes). The breakdown is the
-peak moment's composition (it adds up to peak_vram_bytes); `analytical_terms` gives every term at
-its own size and each moment's total, for the learned model's features.
+micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. The peak moment's total is
+the tensor peak (`peak_tensor_bytes`, what simulate's live-tensor tracker counts); the allocated
+peak (`peak_allocated_bytes`, what `torch.cuda.max_memory_allocated` reports) adds the cuBLAS
+workspace; peak_reserved = peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram =
+sample.peak_vram(CUDA_CONTEXT_BYTES, peak_reserved, paged optimizer states), the measured target's
+definition (vram_ml/sample.py): a paged optimizer's states of tensors of at least 1e5 elements are
+in CUDA managed memory, outside PyTorch's allocator, the rest in it
+(model_states.paged_state_bytes). The breakdown is the peak moment's composition (it adds up to
+peak_vram_bytes); `analytical_terms` gives every term at its own size and each moment's total, for
+the learned model's features.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
 from vram_ml.model.formulas import experts, vision
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
+from vram_ml.model.formulas.parameters import autocast_weight_params
 from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
 from vram_ml.model.formulas.stack_notes import stack_notes
 from vram_ml.sample import peak_vram
@@ -70,6 +74,10 @@ ALLOCATOR_FRAGMENTATION = 0.05
 # Upper bound = peak x (1 + UPPER_MARGIN): room for fragmentation and kernel workspaces beyond the
 # model, until GPU samples calibrate it. Lower bound = context + allocated peak (no fragmentation).
 UPPER_MARGIN = 0.15
+UPPER_BASIS = f"assumed margin: peak + {UPPER_MARGIN:.0%}, not calibrated on GPU measurements"
+# torch's cuBLAS workspace on sm90 (4096 KiB x 8): allocated through the caching allocator at the
+# first matmul and kept, so it is part of the allocated peak (simulate replays it too).
+CUBLAS_WORKSPACE_BYTES = 32 * MIB
 MOMENTS = ("layer_forward", "forward_end", "loss_metrics", "loss_backward", "head_backward",
            "layer_backward", "backward_end", "vision_forward", "vision_backward", "optimizer_step",
            "load")
@@ -88,27 +96,30 @@ class Analysis:
     layer_backward: int  # recompute + gradient temporaries of one layer
     moments: dict[str, dict[str, int]]
     peak_moment: str
-    peak_allocated: int
-    peak_reserved: int
-    peak_vram: int
+    peak_tensor_bytes: int  # the peak moment's tensors
+    peak_allocated_bytes: int  # + the cuBLAS workspace (torch.cuda.max_memory_allocated)
+    peak_reserved_bytes: int
+    peak_vram_bytes: int
     notes: tuple[str, ...]
 
     @property
     def breakdown(self) -> dict[str, int]:
-        """The peak moment's composition; adds up to peak_vram."""
+        """The peak moment's composition; adds up to peak_vram_bytes (overhead = CUDA context,
+        cuBLAS workspace, allocator fragmentation)."""
         parts = dict(self.moments[self.peak_moment])
         parts["optimizer"] = parts.get("optimizer", 0) + self.states.paged_optimizer
-        parts["overhead"] = CUDA_CONTEXT_BYTES + self.peak_reserved - self.peak_allocated
+        parts["overhead"] = CUDA_CONTEXT_BYTES + self.peak_reserved_bytes - self.peak_tensor_bytes
         return {term: parts.get(term, 0) for term in BREAKDOWN_TERMS}
 
 
 def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
     """(loss working set, extra during lm_head backward).
 
-    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss; during lm_head backward the
-    logits' gradient in the compute dtype + the gradient into the final norm. With Liger's fused
-    linear cross-entropy only a chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists,
-    and the input gradient (BT x H) is made in forward.
+    Without Liger: LOSS_BYTES_PER_LOGIT per logit at the loss (models with their own loss code:
+    `model_loss_bytes_per_logit`); during lm_head backward the logits' gradient in the compute
+    dtype + the gradient into the final norm. With Liger's fused linear cross-entropy only a
+    chunk of next_pow2(ceil(BT / ceil(V / H))) rows of logits exists, and the input gradient
+    (BT x H) is made in forward.
     """
     shape = spec.resolved_model.shape
     vocab, hidden = shape.vocab_size, shape.hidden_size
@@ -116,16 +127,21 @@ def logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> tuple[int, int]:
         chunk = 1 << (max(1, -(-tokens // -(-vocab // hidden))) - 1).bit_length()
         return tokens * hidden * dt.compute + chunk * vocab * dt.compute + tokens * 4, 0
     logits = tokens * vocab
-    return terms.LOSS_BYTES_PER_LOGIT * logits, logits * dt.compute + tokens * hidden * dt.hidden
+    own = terms.model_loss_bytes_per_logit(spec, dt)
+    backward = own[1] if own else terms.LOSS_BYTES_PER_LOGIT
+    return backward * logits, logits * dt.compute + tokens * hidden * dt.hidden
 
 
 def forward_logits_bytes(spec: Spec, tokens: int, dt: Dtypes) -> int:
     """Cross-entropy forward: the logits, their fp32 upcast (none when already fp32), the fp32
     log-softmax output, and before transformers 4.49 the shifted fp32 copy
-    (StackRules.forward_logit_bytes; Liger: its chunk, as in `logits_bytes`)."""
+    (StackRules.forward_logit_bytes; models with their own loss code:
+    `model_loss_bytes_per_logit`, whatever the transformers version; Liger: its chunk, as in
+    `logits_bytes`)."""
     if terms.liger_applies(spec):
         return logits_bytes(spec, tokens, dt)[0]
-    per_logit = StackRules.of(spec).forward_logit_bytes(dt.compute)
+    own = terms.model_loss_bytes_per_logit(spec, dt)
+    per_logit = own[0] if own else StackRules.of(spec).forward_logit_bytes(dt.compute)
     return tokens * spec.resolved_model.shape.vocab_size * per_logit
 
 
@@ -176,7 +192,7 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
         windowed = 0 < shape.attention.sliding_layers < shape.num_layers
         per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
-    cast, head = terms.autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
+    cast, head = autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
     cast_saved = head if spec.gradient_checkpointing else cast
     merged = 0 if spec.gradient_checkpointing else sum(
         count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
@@ -189,7 +205,7 @@ def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     (checkpointed layers'); freed when the autocast context exits, before backward."""
     if not dt.casts_trainable or not spec.gradient_checkpointing:
         return 0
-    cast, head = terms.autocast_weight_params(spec, shape)
+    cast, head = autocast_weight_params(spec, shape)
     return 2 * (cast - head) // _weight_shards(spec)
 
 
@@ -255,16 +271,17 @@ def analyse(spec: Spec) -> Analysis:
         moments[moment]["gradients"] += max(0, gradients - states.persistent_gradients)
     totals = {name: sum(parts.values()) for name, parts in moments.items()}
     peak_moment = max(MOMENTS, key=lambda name: totals[name])
-    allocated = totals[peak_moment]
+    tensors = totals[peak_moment]
+    allocated = tensors + CUBLAS_WORKSPACE_BYTES
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
     when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
     notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
              f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
-        moments=moments, peak_moment=peak_moment, peak_allocated=allocated,
-        peak_reserved=reserved,
-        peak_vram=peak_vram(CUDA_CONTEXT_BYTES, reserved, states.paged_optimizer),
+        moments=moments, peak_moment=peak_moment, peak_tensor_bytes=tensors,
+        peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
+        peak_vram_bytes=peak_vram(CUDA_CONTEXT_BYTES, reserved, states.paged_optimizer),
         notes=tuple(notes),
     )
 
@@ -308,11 +325,6 @@ def analytical_terms(spec: Spec) -> dict[str, int]:
     return features
 
 
-def analytical_breakdown(spec: Spec) -> dict[str, int]:
-    """The analytical peak's composition (BREAKDOWN_TERMS keys; adds up to the peak)."""
-    return analyse(spec).breakdown
-
-
 @dataclass
 class AnalyticalEstimator:
     """The refined closed form; see the module docstring for the peak composition."""
@@ -323,12 +335,13 @@ class AnalyticalEstimator:
         analysis = analyse(spec)
         return Estimate(
             estimator=self.name,
-            peak_vram_bytes=analysis.peak_vram,
+            peak_vram_bytes=analysis.peak_vram_bytes,
             breakdown=analysis.breakdown,
-            lower_vram_bytes=CUDA_CONTEXT_BYTES + analysis.peak_allocated
+            lower_vram_bytes=CUDA_CONTEXT_BYTES + analysis.peak_allocated_bytes
             + analysis.states.paged_optimizer,
-            upper_vram_bytes=int(analysis.peak_vram * (1 + UPPER_MARGIN)),
-            peak_allocated_bytes=analysis.peak_allocated,
-            peak_reserved_bytes=analysis.peak_reserved,
+            upper_vram_bytes=int(analysis.peak_vram_bytes * (1 + UPPER_MARGIN)),
+            upper_basis=UPPER_BASIS,
+            peak_allocated_bytes=analysis.peak_allocated_bytes,
+            peak_reserved_bytes=analysis.peak_reserved_bytes,
             notes=list(analysis.notes),
         )

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
 
-from vram_ml.model.formulas.experts import lora_expert_ranks, lora_linear_targets
+from vram_ml.model.formulas.parameters import (
+    Tensors,
+    adapter_tensors,
+    base_trainable_tensors,
+    numel,
+    projector_tensors,
+    vision_linear_tensors,
+)
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -36,7 +43,6 @@ BNB_PAGED_MIN_SIZE = 100_000
 ZERO_BUCKET_ELEMENTS = 500_000_000
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
-Tensors = list[tuple[int, int, int]]  # (rows, cols, count); cols 0 = a vector of `rows`
 
 
 @dataclass(frozen=True)
@@ -98,45 +104,7 @@ class Dtypes:
         return self
 
 
-# --- parameters -------------------------------------------------------------------------------
-
-
-def numel(tensors: Tensors) -> int:
-    return sum(rows * max(cols, 1) * count for rows, cols, count in tensors)
-
-
-def vision_linears(shape: ModelShape) -> Tensors:
-    """A ViT's linears per layer: q, k, v, o (H x H) and the MLP (2, SwiGLU 3, of I x H)."""
-    v = shape.vision
-    if v.layer_linears:  # the builder's block linears (the newer towers)
-        return [(lin.out_features, lin.in_features, lin.count * v.num_layers)
-                for lin in v.layer_linears]
-    mlp = 3 if v.kind == "qwen2_5_vl" else 2
-    return [(v.hidden_size, v.hidden_size, 4 * v.num_layers),
-            (v.intermediate_size, v.hidden_size, mlp * v.num_layers)]
-
-
-def _vision_tensors(shape: ModelShape) -> Tensors:
-    linear = vision_linears(shape)
-    rest = shape.vision.tower_params - numel(linear)
-    return linear + [(rest, 0, 1)] if rest > 0 else [(shape.vision.tower_params, 0, 1)]
-
-
-def _projector_tensors(shape: ModelShape) -> Tensors:
-    """The projector as one linear into the text hidden size (exact in parameter count)."""
-    hidden = shape.hidden_size
-    return [(hidden, shape.projector_params // hidden, 1)]
-
-
-def _layer_tensors(shape: ModelShape) -> Tensors:
-    tensors = [(lin.out_features, lin.in_features, lin.count) for lin in shape.layer_linears]
-    tensors += [(lin.out_features, 0, lin.count) for lin in shape.layer_linears if lin.bias]
-    return tensors + [(shape.layer_other_params, 0, 1)]
-
-
-def _layers_tensors(groups: list[tuple[int, ModelShape]] | tuple) -> Tensors:
-    """The parameters of `count` layers of each kind (layer groups, see ModelShape)."""
-    return [(t[0], t[1], t[2] * count) for count, group in groups for t in _layer_tensors(group)]
+# --- parameters (which train: parameters.py) ---------------------------------------------
 
 
 def layer_norm_params(shape: ModelShape) -> int:
@@ -159,7 +127,7 @@ def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
         norms += count * per_layer
         other += count * (fused + biases + group.layer_other_params - per_layer)
     if shape.vision is not None:
-        other += shape.vision.tower_params - numel(vision_linears(shape))
+        other += shape.vision.tower_params - numel(vision_linear_tensors(shape))
     return {"norm": norms + shape.final_norm_params,
             "embedding": shape.embedding_params + shape.lm_head_params,
             "other": other + shape.extra_params}
@@ -185,54 +153,6 @@ def fp32_kept_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     return shape.fp32_params * max(0, 4 - kept)
 
 
-def base_trainable_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """Model parameters (not adapters) that train: all for `full` (LLaMA-Factory freezes the
-    vision tower and projector unless asked), the last N layers for `freeze`, none for LoRA."""
-    hidden, tensors = shape.hidden_size, []
-    if spec.method == "full":
-        tensors = [(shape.embedding_params // hidden, hidden, 1),
-                   (shape.final_norm_params + shape.extra_params, 0, 1)]
-        tensors += _layers_tensors(shape.layer_groups)
-        if shape.lm_head_params:
-            tensors.append((shape.lm_head_params // hidden, hidden, 1))
-    elif spec.method == "freeze":
-        layers = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
-        tensors = _layers_tensors(shape.groups_of_layers(layers))
-    if shape.vision is not None and spec.method in ("full", "freeze"):
-        tensors += _vision_tensors(shape) if spec.train_vision_tower else []
-        tensors += _projector_tensors(shape) if spec.train_projector else []
-    return tensors
-
-
-def _lora_pair(rank: int, in_features: int, out_features: int, count: int) -> Tensors:
-    return [(rank, in_features, count), (out_features, rank, count)]  # A: r x in, B: out x r
-
-
-def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """LoRA A and B per targeted linear of every decoder layer (peft LoraLayer); the vision tower
-    and projector get adapters when trained with `lora_target: all` (the recipe's rule)."""
-    if spec.method not in ("lora", "qlora"):
-        return []
-    rank, targets = spec.lora_rank, lora_linear_targets(spec, shape)
-    experts = lora_expert_ranks(spec, shape)
-    tensors = []
-    for layers, group in shape.layer_groups:
-        for lin in group.layer_linears:
-            if lin.name in targets and not lin.fused:
-                tensors += _lora_pair(rank, lin.in_features, lin.out_features, lin.count * layers)
-            elif lin.fused and lin.name in experts:  # peft ParamWrapper: r x E rows, one pair
-                tensors += _lora_pair(experts[lin.name] * lin.count, lin.in_features,
-                                      lin.out_features, layers)
-    if shape.vision is not None and spec.lora_target == ("all",):
-        if spec.train_vision_tower:
-            for rows, cols, count in vision_linears(shape):
-                tensors += _lora_pair(rank, cols, rows, count)
-        if spec.train_projector:
-            tensors += _lora_pair(rank, shape.projector_params // shape.hidden_size,
-                                  shape.hidden_size, 1)
-    return tensors
-
-
 def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     """What transformers' bitsandbytes integration quantizes: every nn.Linear but the output head
     (get_keys_to_not_convert), so the vision tower and projector too; fused experts are not
@@ -243,7 +163,7 @@ def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
                for layers, group in shape.layer_groups for lin in group.layer_linears
                if not lin.fused]
     if shape.vision is not None:
-        tensors += vision_linears(shape) + _projector_tensors(shape)
+        tensors += vision_linear_tensors(shape) + projector_tensors(shape)[:1]
     return tensors
 
 
@@ -267,33 +187,51 @@ def quantization_constant_bytes(spec: Spec, tensors: Tensors) -> int:
 # --- optimizer --------------------------------------------------------------------------------
 
 
-def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
-    """(states, step temporaries) of `optimizer` over the trainable tensors.
+# Optimizer -> (states per parameter, how each is stored): "param" in the parameter's dtype
+# (torch, zeros_like), "fp32", "bnb8" (bitsandbytes blockwise uint8 + an fp32 absmax per 256, fp32
+# below min_8bit_size elements), "factored" (Adafactor), "none". AdamW / AdEMAMix (bitsandbytes
+# keeps its fast and slow EMAs in one double buffer) / Lion / RMSprop / Adagrad, as built by
+# transformers 5.24 trainer_optimizer.py (SGD and RMSprop with momentum 0, RMSprop not centered).
+OPTIMIZER_STATES: dict[str, tuple[int, str]] = {
+    "adamw_torch": (2, "param"), "adamw_torch_fused": (2, "param"),
+    "adamw_8bit": (2, "bnb8"), "paged_adamw_8bit": (2, "bnb8"), "paged_adamw_32bit": (2, "fp32"),
+    "lion_8bit": (1, "bnb8"), "paged_lion_8bit": (1, "bnb8"),
+    "lion_32bit": (1, "fp32"), "paged_lion_32bit": (1, "fp32"),
+    "ademamix_8bit": (3, "bnb8"), "paged_ademamix_8bit": (3, "bnb8"),
+    "ademamix": (3, "fp32"), "paged_ademamix_32bit": (3, "fp32"),
+    "rmsprop": (1, "param"), "rmsprop_bnb_8bit": (1, "bnb8"), "rmsprop_bnb_32bit": (1, "fp32"),
+    "adagrad": (1, "param"), "sgd": (0, "none"), "adafactor": (1, "factored"),
+}
+# torch optimizers whose CUDA default (`foreach`) makes one full copy of a state per step
+# (_foreach_sqrt of exp_avg_sq / square_avg / state_sum); fused AdamW makes none.
+FOREACH_COPY_OPTIMIZERS = frozenset({"adamw_torch", "rmsprop", "adagrad"})
 
-    AdamW (torch, zeros_like(param)): exp_avg + exp_avg_sq in the parameter's dtype; `foreach`
-    (HF's adamw_torch on CUDA) makes one more full copy (_foreach_sqrt of exp_avg_sq), fused none.
-    bitsandbytes 8-bit: 2 uint8 states + fp32 absmax per 256 (fp32 states for small tensors);
-    32-bit paged: 2 fp32 states. SGD (momentum 0, HF's default): none. Adafactor (HF, beta1 None):
-    fp32 row + column factors per matrix, a full fp32 state per vector; its step works one
-    parameter at a time with ~2 fp32 temporaries of it (update, grad**2).
+
+def optimizer_bytes(optimizer: str, tensors: Tensors, state_bytes: int) -> tuple[int, int]:
+    """(states, step temporaries) of `optimizer` over the trainable tensors (OPTIMIZER_STATES).
+
+    Adafactor (HF, beta1 None): fp32 row + column factors per matrix, a full fp32 state per
+    vector; its step works one parameter at a time with ~2 fp32 temporaries of it (update,
+    grad**2). `foreach` torch optimizers: one state-sized copy (FOREACH_COPY_OPTIMIZERS).
     """
+    count_per, kind = OPTIMIZER_STATES[optimizer]
     states = temporaries = 0
     for rows, cols, count in tensors:
         size = rows * max(cols, 1)
-        if optimizer in ("adamw_torch", "adamw_torch_fused"):
-            per = 2 * size * state_bytes
-        elif optimizer == "paged_adamw_32bit":
-            per = 8 * size
-        elif optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-            per = (2 * size + 8 * ceil(size / BNB_8BIT_BLOCKSIZE)
-                   if size >= BNB_8BIT_MIN_SIZE else 8 * size)
-        elif optimizer == "adafactor":
+        if kind == "param":
+            per = size * state_bytes
+        elif kind == "bnb8":
+            per = (size + 4 * ceil(size / BNB_8BIT_BLOCKSIZE)
+                   if size >= BNB_8BIT_MIN_SIZE else 4 * size)
+        elif kind == "fp32":
+            per = 4 * size
+        elif kind == "factored":
             per = (rows + cols) * 4 if cols else size * 4
             temporaries = max(temporaries, 2 * size * 4)
-        else:  # sgd
+        else:
             per = 0
-        states += per * count
-    if optimizer == "adamw_torch":
+        states += count_per * per * count
+    if optimizer in FOREACH_COPY_OPTIMIZERS:
         temporaries = numel(tensors) * state_bytes
     return states, temporaries
 
@@ -303,7 +241,10 @@ def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
     (8-bit) or fp32 (32-bit) states of tensors of at least BNB_PAGED_MIN_SIZE elements, the rest
     of `optimizer_bytes` being in the caching allocator (vram_ml/sample.py: the target counts
     the two separately, the measurement reads them separately)."""
-    per_element = {"paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(optimizer, 0)
+    if not optimizer.startswith("paged_"):
+        return 0
+    count_per, kind = OPTIMIZER_STATES[optimizer]  # paged AdamW, Lion, AdEMAMix: 8 or 32 bit
+    per_element = count_per * (1 if kind == "bnb8" else 4)
     return sum(per_element * rows * max(cols, 1) * count for rows, cols, count in tensors
                if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
 

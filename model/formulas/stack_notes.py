@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.model_states import frozen_kind_params, load_extra
+from vram_ml.model.formulas.parameters import trainable_parameters
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def stack_notes(spec: Spec, shape: ModelShape, dt: Dtypes, padded: int) -> list[
     if spec.method == "freeze" and spec.gradient_checkpointing and rules.llamafactory:
         notes.append(f"llamafactory checkpoints only the {spec.freeze_trainable_layers} "
                      "trainable layers; the frozen layers before them keep nothing")
-    if (shape.vision is not None and spec.images_per_sample and not spec.train_vision_tower
+    if (shape.vision is not None and spec.images_per_sample
+            and not trainable_parameters(spec).vision
             and rules.hooks_every_input_embedding and not rules.checkpoints_frozen_layers):
         notes.append("llamafactory leaves the frozen vision tower un-checkpointed and peft's "
                      "input hook (transformers 5) puts it in the graph: its blocks keep all "

@@ -10,23 +10,30 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas.activations import activation_bytes
 from vram_ml.model.formulas.model_states import Dtypes
+from vram_ml.model.formulas.parameters import trainable_parameters
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.spec import Spec
 
+# Towers that are plain nn.Modules inside remote-code models (Qwen-VL's VisionTransformer), not
+# transformers PreTrainedModels: gradient checkpointing's input hook reaches only the text
+# embedding, so a frozen tower records nothing; their attention is always explicit (baddbmm +
+# softmax: the scores exist), their MLP is nn.GELU, their LayerNorms run in fp32 under autocast.
+PLAIN_MODULE_TOWERS = frozenset({"qwen_vl"})
+
 # --- images -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    """One image, as the model sees it: the one definition of image tokens (the recipe's batch
-    and the estimators read it)."""
+    """One image, as the model sees it: the one definition of image tokens (the recipe's batch,
+    the features, the planner and the estimators all read it)."""
 
     lm_tokens: int  # tokens one image puts in the text sequence (counted in seq_len)
     encoder_tokens: int  # patch states the vision tower runs for one image
-    placeholder_tokens: int = 0  # of lm_tokens, the image-token ids replaced by image features
+    placeholder_tokens: int  # of lm_tokens, the image-token ids replaced by image features
     grid: int = 0  # patches per side the tower sees (dynamic / Pixtral / Gemma 3)
 
 
@@ -63,7 +70,6 @@ def image_geometry(spec: Spec) -> ImageGeometry:
     return ImageGeometry(tokens, encoder, tokens)
 
 
-
 def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int,
                             frozen: bool = False) -> int:
     """A ViT layer per patch (towers are usually frozen; checked on LLaVA's CLIP and Qwen2-VL):
@@ -73,7 +79,7 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     v = shape.vision
     h, inter, heads = v.hidden_size, v.intermediate_size, v.num_attention_heads
     qwen = v.kind in ("qwen2_vl", "qwen2_5_vl")
-    if spec.attention == "eager":
+    if spec.attention == "eager" or v.kind in PLAIN_MODULE_TOWERS:
         core = 3 * h * dt.compute + heads * patches * (4 + dt.compute)
     else:  # Qwen: qkv's output, q and k after rotary, the output (+ o_proj's input if trained)
         core = ((6 if frozen else 7) if qwen else 4) * h * dt.compute + heads * 4
@@ -81,7 +87,7 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     core += 2 * (h // heads) * 4 if qwen and not frozen else 0
     gated, tanh_gelu = 3 * dt.compute, dt.compute  # SwiGLU; F.gelu keeps its input
     act = {"qwen2_5_vl": gated, "glm4v": gated, "pixtral": gated, "siglip": tanh_gelu,
-           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu}.get(
+           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu, "qwen_vl": tanh_gelu}.get(
         v.kind, activation_bytes("quick_gelu", dt))
     # the linears' inputs, kept for their weights' (or LoRA's) gradients: none when frozen
     inputs = 0 if frozen else (3 * h + inter) * dt.compute
@@ -116,12 +122,16 @@ def vision_in_graph(spec: Spec) -> bool:
     grad and every frozen block after it is in the graph; without checkpointing nothing installs
     the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing.
     transformers 4.x hooks only the top model's embeddings, LLaMA-Factory only for LoRA without
-    quantization (StackRules.hooks_every_input_embedding). Qwen3-VL's and GLM-4.1V's vision
-    models expose no input embedding (VisionShape `hooked_when_checkpointed`): frozen, they stay
-    out of the graph even then."""
+    quantization (StackRules.hooks_every_input_embedding). PLAIN_MODULE_TOWERS are no
+    PreTrainedModel: no hook reaches them, only training puts them in the graph; Qwen3-VL's and
+    GLM-4.1V's vision models expose no input embedding (VisionShape `hooked_when_checkpointed`):
+    frozen, they stay out of the graph even with the hook."""
+    trained = trainable_parameters(spec).vision > 0
     v = spec.resolved_model.shape.vision
-    return spec.train_vision_tower or (StackRules.of(spec).hooks_every_input_embedding
-                                       and v.hooked_when_checkpointed)
+    if v.kind in PLAIN_MODULE_TOWERS:
+        return trained
+    return trained or (StackRules.of(spec).hooks_every_input_embedding
+                       and v.hooked_when_checkpointed)
 
 
 def _blocks_feeding_features(spec: Spec) -> int:
@@ -140,14 +150,15 @@ def vision_checkpointed(spec: Spec) -> bool:
     keeps all its activations; StackRules.checkpoints_frozen_layers)."""
     rules = StackRules.of(spec)
     return spec.gradient_checkpointing and (
-        rules.checkpoints_frozen_layers or spec.train_vision_tower)
+        rules.checkpoints_frozen_layers or trainable_parameters(spec).vision > 0)
 
 
 def _vision_stream_bytes(shape: ModelShape, dt: Dtypes) -> int:
     """The tower's residual stream: CLIP's pre_layrnorm is an nn.LayerNorm, fp32 under autocast,
     so its blocks add into fp32 (modeling_clip.py CLIPVisionTransformer); Qwen's patch embedding
     output and blocks stay in the compute dtype."""
-    return 4 if shape.vision.kind == "clip" and dt.autocast else dt.compute
+    fp32_stream = shape.vision.kind == "clip" or shape.vision.kind in PLAIN_MODULE_TOWERS
+    return 4 if fp32_stream and dt.autocast else dt.compute
 
 
 def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int) -> int:
@@ -197,21 +208,22 @@ def vision_activation_bytes(spec: Spec, dt: Dtypes) -> int:
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
     total = pixel_bytes(spec)
     if not vision_in_graph(spec):
-        if spec.train_projector:
+        if trainable_parameters(spec).projector:
             total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
         return total
+    trained = trainable_parameters(spec)
     if vision_checkpointed(spec):
         per_layer = v.hidden_size * _vision_stream_bytes(shape, dt)
     else:
         per_layer = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
-                                            frozen=not spec.train_vision_tower)
+                                            frozen=not trained.vision)
     if vision_checkpointed(spec):
         total += patches * per_layer * v.num_layers
     else:
         total += patches * per_layer * _blocks_feeding_features(spec)
         if v.kind == "clip" and dt.autocast:  # pre_layrnorm's fp32 input (autocast's cast)
             total += patches * v.hidden_size * 4
-    if spec.train_vision_tower or spec.train_projector:
+    if trained.vision or trained.projector:
         total += patches * (v.hidden_size + shape.hidden_size) * dt.compute
     else:
         total += _vision_shared_bytes(spec, shape, dt, patches)
@@ -234,7 +246,7 @@ def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
     working = patches * (3 * v.hidden_size + v.intermediate_size) * dt.compute
     if v.kind == "pixtral" and not vision_in_graph(spec):  # the mask, alive while it runs
         working += patches * patches * dt.compute
-    if spec.attention == "eager":
+    if spec.attention == "eager" or v.kind in PLAIN_MODULE_TOWERS:
         working += images * v.num_attention_heads * geometry.encoder_tokens**2 * (dt.compute + 8)
     return vision_activation_bytes(spec, dt) + working
 
@@ -249,7 +261,7 @@ def vision_backward_bytes(spec: Spec, dt: Dtypes) -> int:
     v, geometry = shape.vision, image_geometry(spec)
     patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
     block = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
-                                    frozen=not spec.train_vision_tower) if (
+                                    frozen=not trainable_parameters(spec).vision) if (
         vision_checkpointed(spec)) else 0
     working = (3 * v.hidden_size + v.intermediate_size) * dt.compute
     return (vision_activation_bytes(spec, dt)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 ARTIFACT_FORMAT = "vram-ml-learned/2"  # 2: each target over its own analytical base
 BUNDLED_DIR = Path(__file__).parents[1] / "bundled"
 ENV_ARTIFACT = "VRAM_ML_LEARNED_MODEL"
+LEARNED_UPPER_BASIS = "q0.95 of the learned model (quantile trees + conformal margin)"
 FALLBACK_NOTE = (
     "no learned model is bundled yet (it is trained only on real GPU measurements): "
     "this is the analytical estimate"
@@ -263,6 +264,7 @@ def _learned_estimate(
         peak_vram_bytes=peak,
         breakdown={**analytical.breakdown, "learned_correction": correction},
         upper_vram_bytes=upper,
+        upper_basis=LEARNED_UPPER_BASIS if upper is not None else "",
         peak_allocated_bytes=allocated,
         peak_reserved_bytes=reserved,
         notes=[

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
+from vram_ml.model.formulas.parameters import parameter_counts
 from vram_ml.model.learned.targets import BASE_FEATURE as TARGET_BASE_FEATURE
+from vram_ml.optimizers import OPTIMIZERS
 from vram_ml.stack import FRAMEWORKS as FRAMEWORK_NAMES
 from vram_ml.stack import parse_version
 
@@ -42,15 +44,6 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 FRAMEWORKS = tuple(FRAMEWORK_NAMES)
 # The stack's library versions as (major, minor) numbers: the rules change at minor releases.
 STACK_LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
-OPTIMIZERS = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "sgd",
-    "adafactor",
-)
 
 BASE_FEATURE = "log_analytical_peak"  # natural log of the analytical peak, bytes
 SHAPE_FEATURES = (
@@ -98,8 +91,8 @@ SPEC_FEATURES = (
     "liger_kernel",
     "images_per_sample",
     "image_resolution",
-    "train_vision_tower",
-    "train_projector",
+    "freeze_vision_tower",
+    "freeze_multi_modal_projector",
     "num_gpus",
     "zero_stage",
     *(f"framework_{name}" for name in FRAMEWORKS),
@@ -222,8 +215,8 @@ def spec_row(spec: Spec) -> tuple[float, ...]:
         float(spec.liger_kernel),
         spec.images_per_sample,
         spec.image_resolution,
-        float(spec.train_vision_tower),
-        float(spec.train_projector),
+        float(spec.freeze_vision_tower),
+        float(spec.freeze_multi_modal_projector),
         spec.num_gpus,
         spec.zero_stage,
         *_one_hot(spec.framework, FRAMEWORKS),
@@ -254,29 +247,6 @@ def analytical_row(estimate: Estimate) -> tuple[float, ...]:
     )
 
 
-def parameter_counts(spec: Spec) -> tuple[int, int]:
-    """(trainable, frozen) parameters as LLaMA-Factory sets them up; LoRA adapters count as
-    trainable, the base weights they wrap as frozen (the layer as the spec's transformers version
-    builds it: 4.x MoE experts take adapters)."""
-    shape = spec.shape
-    extra_trained = (shape.vision_params if spec.train_vision_tower else 0) + (
-        shape.projector_params if spec.train_projector else 0
-    )
-    if spec.method == "full":
-        trained = shape.total_params - shape.vision_params - shape.projector_params + extra_trained
-        return trained, shape.total_params - trained
-    if spec.method == "freeze":
-        trained = spec.freeze_trainable_layers * shape.layer_params + extra_trained
-        return trained, shape.total_params - trained
-    targets = set(spec.target_modules)
-    adapters = shape.num_layers * sum(
-        linear.count * spec.lora_rank * (linear.in_features + linear.out_features)
-        for linear in shape.layer_linears
-        if linear.name in targets and not linear.fused
-    )
-    return adapters + extra_trained, shape.total_params - extra_trained
-
-
 def image_tokens(spec: Spec) -> tuple[int, int]:
     """(tokens one image adds to the sequence, patch states the vision tower runs for it)."""
     if spec.resolved_model.shape.vision is None or not spec.images_per_sample:
@@ -296,8 +266,8 @@ def _counts(spec: Spec) -> tuple[int, int, int]:
         spec.lora_rank,
         spec.lora_target,
         spec.freeze_trainable_layers,
-        spec.train_vision_tower,
-        spec.train_projector,
+        spec.freeze_vision_tower,
+        spec.freeze_multi_modal_projector,
         parse_version(spec.transformers_version)[0],
     )
     counts = _count_rows.get(key)

@@ -35,7 +35,7 @@ def is_published_table(rows: list[dict[str, Any] | str]) -> bool:
 def published_training_set(rows: list[dict[str, Any] | str]) -> tuple[Any, Counter]:
     """The runs of a published table as a TrainingSet, and how many rows were kept or why not."""
     from vram_ml.model.learned.training_set import TrainingSet
-    from vram_ml.spec import SpecError, build_spec
+    from vram_ml.spec import SpecError, build_spec, renamed_fields
 
     counts: Counter = Counter()
     runs: dict[str, dict[str, Any]] = {}
@@ -50,7 +50,7 @@ def published_training_set(rows: list[dict[str, Any] | str]) -> tuple[Any, Count
     for key, run in runs.items():
         first = run["rows"][0]
         try:
-            spec = build_spec(**json.loads(first["spec"]))
+            spec = build_spec(**renamed_fields(json.loads(first["spec"])))
         except (SpecError, ValueError, TypeError) as error:
             counts[f"spec no longer builds ({str(error)[:80]})"] += len(run["rows"])
             continue

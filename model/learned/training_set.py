@@ -305,20 +305,24 @@ def file_rows(path: Path) -> list[dict[str, Any] | str]:
 
 def mlflow_rows(tracking_uri: str, experiment: str) -> Iterator[dict[str, Any]]:
     """One flat row per finished MLflow run: params (spec), metrics (measurement), tags
-    (provenance, status, message), as the agent logs them."""
-    try:
+    (provenance, status, message), as the agent logs them.
+
+    Raises:
+        ValueError: the server cannot be reached, or MLflow fails (one line).
+    """
+    from vram_ml.model.learned.mlflow_runs import mlflow_failures
+
+    with mlflow_failures(tracking_uri):
         from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise ImportError(
-            "reading samples from MLflow needs mlflow: pip install 'vram-ml[learn]'"
-        ) from None
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
     if found is None:
         return
     token = None
     while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        with mlflow_failures(tracking_uri):
+            page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
         for run in page:
             if run.info.status == "FINISHED":
                 yield {**run.data.tags, **run.data.params, **run.data.metrics}

@@ -29,7 +29,9 @@ GRID_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v")
 
 
 def image_token_count(config: Any, spec: Spec) -> int:
-    """Image-token ids one image puts in the sequence (after the processor's resize)."""
+    """Image-token ids one image puts in the sequence: the formulas' one definition
+    (vram_ml.model.formulas.vision.image_geometry); the model refuses a batch where they differ
+    from the features its tower makes."""
     from vram_ml.model.formulas.vision import image_geometry
 
     return image_geometry(spec).placeholder_tokens

@@ -40,8 +40,8 @@ def forbidden_prefixes(model: nn.Module, spec: Spec) -> tuple[str, ...]:
     prefixes: list[str] = []
     for name in names:
         holds_projector = any(p.startswith(name + ".") for p in projectors)
-        frozen = (projector(name) and not spec.train_projector) or (
-            vision(name) and not spec.train_vision_tower and not holds_projector)
+        frozen = (projector(name) and spec.freeze_multi_modal_projector) or (
+            vision(name) and spec.freeze_vision_tower and not holds_projector)
         if frozen and not _inside(name, tuple(prefixes)):
             prefixes.append(name)
     return tuple(prefixes)
@@ -52,25 +52,36 @@ def _inside(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def mark_trainable(model: nn.Module, spec: Spec) -> None:
-    """Set requires_grad per method (LoRA parameters are added later by peft)."""
+    """Set requires_grad per method (LoRA parameters are added later by peft).
+
+    `freeze` as LLaMA-Factory's `_setup_freeze_tuning`: a parameter trains when its name holds
+    `.{index}.` of one of the last N decoder layers (so a tower that is not frozen trains its
+    blocks of those indices too), or lies in a projector that is not frozen.
+    """
     forbidden = forbidden_prefixes(model, spec)
     layer_ids = None
     if spec.method == "freeze":
         layers = spec.resolved_model.shape.num_layers
-        layer_ids = set(range(max(0, layers - spec.freeze_trainable_layers), layers))
+        layer_ids = {str(i) for i in range(max(0, layers - spec.freeze_trainable_layers), layers)}
     for name, param in model.named_parameters():
         if spec.method in ("lora", "qlora") or _inside(name, forbidden):
             param.requires_grad_(False)
         elif layer_ids is not None:
-            match = re.search(r"(?:^|\.)layers\.(\d+)\.", name)
-            param.requires_grad_(bool(match) and int(match.group(1)) in layer_ids)
+            indices = set(re.findall(r"(?<=\.)(\d+)(?=\.)", name))
+            projector = not spec.freeze_multi_modal_projector and _in_projector(name)
+            param.requires_grad_(bool(indices & layer_ids) or projector)
         else:
             param.requires_grad_(param.is_floating_point())
 
 
+def _in_projector(name: str) -> bool:
+    return any(part in PROJECTOR_MODULES for part in name.split("."))
+
+
 def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
     """Full names of the linears LoRA wraps: LLaMA-Factory's targets, outside frozen vision
-    modules, never the output head. A linear is what LLaMA-Factory's find_all_linear_modules
+    modules, never the output head; `all` never reaches a projector (LLaMA-Factory's
+    find_all_linear_modules leaves projector keys out). A linear is what find_all_linear_modules
     takes: a module whose class name says Linear (Llama 4's router subclasses nn.Linear as
     `Llama4Router` and returns a tuple: not a target)."""
     from peft.tuners.lora import LoraLayer
@@ -84,7 +95,7 @@ def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
                   and not isinstance(module, LoraLayer))
         if not linear or module is head or _inside(name, forbidden):
             continue
-        if "all" in wanted or name.rsplit(".", 1)[-1] in wanted:
+        if ("all" in wanted and not _in_projector(name)) or name.rsplit(".", 1)[-1] in wanted:
             names.append(name)
     return names
 

@@ -11,14 +11,12 @@ from torch import nn
 from vram_ml.model.recipe.frameworks import framework_for
 from vram_ml.model.recipe.methods import mark_trainable, quantize_linears
 from vram_ml.model.recipe.precision import compute_dtype
-from vram_ml.model.recipe.unsupported import UnsupportedRecipe
+from vram_ml.model.recipe.unsupported import UnsupportedRecipe, refuse_remote_code
 from vram_ml.model.recipe.weights import materialize
+from vram_ml.model.recipe_support import SUPPORTED_VLMS, recipe_refusal  # noqa: F401 (re-export)
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
-
-SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "gemma3",
-                  "mistral3")
 
 
 def hf_config(spec: Spec) -> Any:
@@ -99,20 +97,17 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
         The model in train mode; a peft model for lora/qlora.
 
     Raises:
-        UnsupportedRecipe: liger kernels, an unsupported vision-language family, or a method the
-            recipe does not build.
+        UnsupportedRecipe: liger kernels, an unsupported vision-language family, a model that
+            is remote code only, or a method the recipe does not build.
     """
     from accelerate import init_empty_weights
 
+    refuse_remote_code(spec)
     device = torch.device(device)
     config = hf_config(spec)
-    if spec.liger_kernel:
-        raise UnsupportedRecipe("liger_kernel: Liger kernels are not part of this recipe")
-    if is_multimodal(config) and config.model_type not in SUPPORTED_VLMS:
-        raise UnsupportedRecipe(
-            f"model: vision-language family {config.model_type!r} is not in the recipe "
-            f"(supported: {', '.join(SUPPORTED_VLMS)})"
-        )
+    refusal = recipe_refusal(spec)
+    if refusal:
+        raise UnsupportedRecipe(refusal)
     with init_empty_weights(include_buffers=False):  # parameters on meta, small buffers real
         cls = model_class(config)
         build = getattr(cls, "from_config", None) or cls._from_config  # Auto classes / concrete

@@ -19,8 +19,10 @@ def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
 
 
 def make_optimizer(spec: Spec, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer HF Trainer builds for `spec.optimizer`: decay / no-decay groups (weight
-    decay 0, LLaMA-Factory's default), AdamW with `foreach=True` as on CUDA.
+    """The optimizer HF Trainer builds for `spec.optimizer` (transformers 5.24
+    trainer_optimizer.py): decay / no-decay groups (weight decay 0, LLaMA-Factory's default),
+    torch optimizers with `foreach=True` as on CUDA, bitsandbytes' for the 8-bit / paged / Lion /
+    AdEMAMix / bnb RMSprop names.
 
     Raises:
         UnsupportedRecipe: an optimizer name the recipe does not know.
@@ -37,26 +39,32 @@ def make_optimizer(spec: Spec, model: nn.Module) -> torch.optim.Optimizer:
     groups = [group for group in groups if group["params"]]
     lr = 1e-4
     name = spec.optimizer
-    if name == "adamw_torch":
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    if name in ("adamw_torch", "adamw_torch_fused"):
+        return torch.optim.AdamW(groups, lr=lr, **_CUDA_DEFAULT[name])
+    if name in ("rmsprop", "adagrad"):  # HF: momentum 0; CUDA defaults to foreach
+        cls = torch.optim.RMSprop if name == "rmsprop" else torch.optim.Adagrad
+        return cls(groups, lr=lr, foreach=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    family = next((f for f in ("adamw", "lion", "rmsprop", "ademamix") if f in name), None)
+    if family is None:
+        raise UnsupportedRecipe(f"optimizer: {name!r} is not in the recipe")
     import bitsandbytes as bnb
 
-    classes = {
-        "adamw_8bit": bnb.optim.AdamW8bit,
-        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-        "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
-    }
-    if name not in classes:
-        raise UnsupportedRecipe(f"optimizer: {name!r} is not in the recipe")
-    return classes[name](groups, lr=lr)
+    # as transformers' _get_bitsandbytes_optimizer: one class per family, bits and paging by name
+    cls = {"adamw": bnb.optim.AdamW, "lion": bnb.optim.Lion, "rmsprop": bnb.optim.RMSprop,
+           "ademamix": bnb.optim.AdEMAMix}[family]
+    kwargs = {"optim_bits": 8 if "8bit" in name else 32}
+    if family != "rmsprop":
+        kwargs["is_paged"] = "paged" in name
+    return cls(groups, lr=lr, **kwargs)
+
+
+_CUDA_DEFAULT = {"adamw_torch": {"foreach": True}, "adamw_torch_fused": {"fused": True}}
 
 
 def make_grad_scaler(spec: Spec, device: str | torch.device) -> torch.amp.GradScaler | None:

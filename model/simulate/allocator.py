@@ -13,7 +13,7 @@ with its defaults (one stream, no expandable segments, no `max_split_size`):
 - a freed block merges with free neighbours of its segment; segments are never released (no OOM
   retry: the card is assumed large enough).
 
-`peak_reserved` is what `torch.cuda.max_memory_reserved()` would report for the same trace.
+`peak_reserved_bytes` is what `torch.cuda.max_memory_reserved()` would report for the same trace.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ SMALL_BUFFER = 2 << 20  # small-pool segment
 LARGE_BUFFER = 20 << 20  # segment for large requests under MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 << 20
 ROUND_LARGE = 2 << 20
-CUBLAS_WORKSPACE_BYTES = 32 << 20  # torch's cuBLAS workspace on sm90 (4096 KiB x 8), allocated
-# through the caching allocator at the first matmul and kept
 
 
 @dataclass(eq=False)
@@ -60,7 +58,7 @@ class CachingAllocator:
         self.pools: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # (size, address)
         self.free_blocks: dict[int, Block] = {}
         self.reserved = self.allocated = 0
-        self.peak_reserved = self.peak_allocated = 0
+        self.peak_reserved_bytes = self.peak_allocated_bytes = 0
         self._next_address = 0
 
     def malloc(self, n_bytes: int) -> Block:
@@ -76,7 +74,7 @@ class CachingAllocator:
             self._insert(rest)
         block.free = False
         self.allocated += block.size
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated)
         return block
 
     def free(self, block: Block) -> None:
@@ -111,7 +109,7 @@ class CachingAllocator:
         block = Block(self._next_address, n_bytes, small)
         self._next_address += n_bytes + ROUND_LARGE  # segments are never adjacent
         self.reserved += n_bytes
-        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved)
         return block
 
     def _insert(self, block: Block) -> None:

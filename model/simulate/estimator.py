@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vram_ml.architectures import remote_code_refusal
 from vram_ml.model.estimate import Estimate
-from vram_ml.model.formulas.analytical import CUDA_CONTEXT_BYTES
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
 
 if TYPE_CHECKING:
     from vram_ml.model.simulate.step import StepRun
@@ -55,8 +55,8 @@ class Simulation:
             "estimator": "simulate",
             "peak_tensor_bytes": self.peak_tensor_bytes,
             "peak_vram_bytes": self.estimate.peak_vram_bytes,
-            "peak_allocated_cuda_bytes": peak.peak_allocated_cuda_bytes,
-            "peak_reserved_cuda_bytes": peak.peak_reserved_cuda_bytes,
+            "peak_allocated_bytes": peak.peak_allocated_bytes,
+            "peak_reserved_bytes": peak.peak_reserved_bytes,
             "breakdown": self.estimate.breakdown,
             "corrections": self.corrections,
             "peak_step": peak.step,
@@ -81,9 +81,9 @@ def simulate(spec: Spec, progress: Callable[[str], None] | None = None,
     peak = run.peak
     corrections = {
         "cublas_workspace": CUBLAS_WORKSPACE_BYTES,
-        "allocator_rounding": (peak.peak_allocated_cuda_bytes - CUBLAS_WORKSPACE_BYTES
+        "allocator_rounding": (peak.peak_allocated_bytes - CUBLAS_WORKSPACE_BYTES
                                - peak.peak_tensor_bytes),
-        "allocator_cache": peak.peak_reserved_cuda_bytes - peak.peak_allocated_cuda_bytes,
+        "allocator_cache": peak.peak_reserved_bytes - peak.peak_allocated_bytes,
         "cuda_context": cuda_context_bytes,
     }
     breakdown = dict(peak.breakdown)
@@ -100,14 +100,17 @@ def simulate(spec: Spec, progress: Callable[[str], None] | None = None,
         estimator="simulate",
         peak_vram_bytes=sum(breakdown.values()),
         breakdown=breakdown,
-        peak_allocated_bytes=peak.peak_allocated_cuda_bytes,
-        peak_reserved_bytes=peak.peak_reserved_cuda_bytes,
+        peak_allocated_bytes=peak.peak_allocated_bytes,
+        peak_reserved_bytes=peak.peak_reserved_bytes,
         notes=notes,
     )
     return Simulation(estimate, run, peak.peak_tensor_bytes, corrections)
 
 
 def _run(spec: Spec, progress: Callable[[str], None] | None) -> StepRun:
+    refusal = remote_code_refusal(spec.resolved_model.name, spec.resolved_model.shape.model_type)
+    if refusal:  # before torch is imported: the refusal needs no library
+        raise ValueError(refusal)
     try:
         from vram_ml.model.simulate.step import simulate_step
     except ImportError as error:

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from vram_ml.model import recipe
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.formulas.stack import StackRules
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES, CachingAllocator
+from vram_ml.model.simulate.allocator import CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
 from vram_ml.model.simulate.tracker import LiveStorageTracker, Peak
@@ -145,7 +146,7 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
         hidden_bytes=cuda_hidden_bytes if emulate_cuda else None,
         allocator=CachingAllocator() if emulate_cuda else None,
     )
-    register_state(tracker, model, batch)
+    register_state(tracker, model, batch, optimizer)
     if tracker.allocator:
         tracker.allocator.malloc(CUBLAS_WORKSPACE_BYTES)
     tracker.observe(phase="setup")
@@ -161,13 +162,18 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
     return tracker.peak
 
 
-def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict) -> None:
-    """Count what exists before the step: weights, adapters, quantization state, the batch."""
+def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict,
+                   optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Count what exists before the step: weights, adapters, quantization state, the batch, and
+    optimizer states made when the optimizer is (torch's Adagrad fills `state_sum` there)."""
     tracker.track_all(quantization_tensors(model), "quantization_constants")
     for name, param in model.named_parameters():
         tracker.track(param, "adapters" if "lora_" in name else "weights")
     tracker.track_all(model.buffers(), "weights")
     tracker.track_all(batch.values(), "activations")
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            tracker.track_all((v for v in state.values() if torch.is_tensor(v)), "optimizer")
 
 
 @contextlib.contextmanager

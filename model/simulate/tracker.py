@@ -44,8 +44,8 @@ class Peak:
     phase: str = ""  # setup | forward | backward | optimizer
     hidden_bytes: int = 0  # op scratch (hidden_bytes rules) included in the peak
     ops: int = 0
-    peak_allocated_cuda_bytes: int = 0  # the replayed CUDA caching allocator (allocator.py)
-    peak_reserved_cuda_bytes: int = 0
+    peak_allocated_bytes: int = 0  # the replayed CUDA caching allocator (allocator.py)
+    peak_reserved_bytes: int = 0
 
 
 class LiveStorageTracker(TorchDispatchMode):
@@ -151,8 +151,8 @@ class LiveStorageTracker(TorchDispatchMode):
     def observe(self, hidden: int = 0, phase: str | None = None) -> None:
         """Record a new peak if the live bytes (+ an op's hidden scratch) exceed it."""
         if self.allocator:
-            self.peak.peak_allocated_cuda_bytes = self.allocator.peak_allocated
-            self.peak.peak_reserved_cuda_bytes = self.allocator.peak_reserved
+            self.peak.peak_allocated_bytes = self.allocator.peak_allocated_bytes
+            self.peak.peak_reserved_bytes = self.allocator.peak_reserved_bytes
         if self.current + hidden <= self.peak.peak_tensor_bytes:
             self.peak.peak_rounded_bytes = max(self.peak.peak_rounded_bytes,
                                                self.current_rounded + hidden)

@@ -28,6 +28,21 @@ def test_every_column_is_documented():
     assert set(COLUMN_DOCS) == set(COLUMNS)
 
 
+def test_rows_written_before_the_rename_load_with_their_spec_id(make_sample):
+    """train_vision_tower / train_projector became LLaMA-Factory's freeze_* keys: an old row (its
+    old columns, inverted values) loads, and its stored spec_id still matches."""
+    sample = make_sample({"model": "Qwen/Qwen2-VL-2B-Instruct", "freeze_vision_tower": False,
+                          "images_per_sample": 1, "seq_len": 1024})
+    old = sample_to_row(sample)
+    old["train_vision_tower"] = str(not old.pop("freeze_vision_tower"))  # CSV text: "True"
+    old["train_projector"] = str(not old.pop("freeze_multi_modal_projector"))
+    result = validate_rows([old])
+    assert result.ok, result.problems
+    loaded = result.samples[0]
+    assert loaded.spec_id == sample.spec_id == old["spec_id"]
+    assert not loaded.spec.freeze_vision_tower and loaded.spec.freeze_multi_modal_projector
+
+
 def test_validate_finds_each_problem(tiny_specs, make_sample):
     samples = [make_sample(s) for s in tiny_specs]
     good = [sample_to_row(s) for s in samples]
@@ -107,6 +122,41 @@ def test_validate_cli_exit_codes(tmp_path, tiny_specs, make_sample):
     assert result.exit_code == 1 and "problem: row 1: status" in result.output
     missing = runner.invoke(app, ["dataset", "validate", str(tmp_path / "none.csv")])
     assert missing.exit_code == 1
+    (tmp_path / "empty.csv").write_text("")
+    empty = runner.invoke(app, ["dataset", "validate", str(tmp_path / "empty.csv")])
+    assert empty.exit_code == 1 and "empty file" in empty.stderr
+    header_only = tmp_path / "header.csv"
+    write_samples([], header_only)  # the committed dataset before its first GPU sample
+    assert runner.invoke(app, ["dataset", "validate", str(header_only)]).exit_code == 0
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["/proc/vram-ml-test/samples.csv", "{file}/samples.csv",
+                                   "{folder}"])
+def test_unwritable_outputs_fail_in_one_line_and_store_nothing(tmp_path, tiny_specs,
+                                                               make_sample, where):
+    samples = [make_sample(s) for s in tiny_specs]
+    brought = tmp_path / "samples.jsonl"
+    brought.write_text("".join(json.dumps(sample_to_row(s)) + "\n" for s in samples))
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    output = where.format(file=tmp_path / "a_file", folder=tmp_path / "a_folder")
+    store = tmp_path / "store"
+    imported = runner.invoke(app, ["dataset", "import", str(brought), "--output", output,
+                                   "--store", str(store), "--no-mlflow"])
+    assert "output: " in _one_line_error(imported)
+    assert not store.exists()  # refused before anything reached the store
+    Spool(store).append_many(samples)
+    exported = runner.invoke(app, ["dataset", "export", "--source", "spool", "--output", output,
+                                   "--store", str(store)])
+    assert "output: " in _one_line_error(exported)
+    assert len(Spool(store).samples()) == len(samples)  # the store keeps every sample
 
 
 def test_special_or_huge_files_are_refused_in_one_line(tmp_path, monkeypatch):

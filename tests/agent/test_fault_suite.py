@@ -2,6 +2,10 @@
 nothing stored twice, when the server stops mid-run, a worker or an agent is killed, an agent is
 stopped by SIGTERM, the spool's disk is full or read-only, or a spool line is corrupt.
 
+The default tier keeps the faults only this suite checks (the spool's disk full or read-only);
+the scenarios whose behaviour the default tier already checks on a local store
+(tests/agent/test_faults.py, test_store.py) run here with `-m slow`, against the shared server.
+
 Agents are real `vram-ml agent run --backend cpu` processes; the child's test hook (`stub`,
 `sleep:S`) keeps each sample short, since the recipe is not what these tests are about. Each test
 adds a line to the summary printed at the end of the run.
@@ -65,6 +69,7 @@ def prefill(agents, store: Path, plan: Path, hooks, mlflow: bool = True) -> None
     assert run_agent(options).stored > 0
 
 
+@pytest.mark.slow  # default tier: tests/agent/test_faults.py: MLflow unreachable, then back
 def test_tracking_server_stopped_mid_run_and_restarted(agents, tracking_server, tmp_path,
                                                        write_plan, many_tiny_specs, figure):
     raw = many_tiny_specs(12)
@@ -89,6 +94,7 @@ def test_tracking_server_stopped_mid_run_and_restarted(agents, tracking_server, 
            measured=measured)
 
 
+@pytest.mark.slow  # default tier: tests/agent/test_faults.py: worker killed, agent killed
 def test_worker_and_agent_killed_then_agent_restarted(agents, tmp_path, write_plan,
                                                       many_tiny_specs, wait_running, figure):
     raw = many_tiny_specs(6)
@@ -114,6 +120,7 @@ def test_worker_and_agent_killed_then_agent_restarted(agents, tmp_path, write_pl
     report(figure, "worker SIGKILL; agent SIGKILL + restart", 2, spec_ids, exported, agents=2)
 
 
+@pytest.mark.slow  # default tier: tests/agent/test_faults.py: SIGTERM then restart
 def test_agent_sigterm_then_restart(agents, tmp_path, write_plan, many_tiny_specs,
                                     wait_running, figure):
     raw = many_tiny_specs(4)
@@ -206,6 +213,7 @@ def test_read_only_spool_directory_is_a_clear_error(agents, tmp_path, write_plan
     report(figure, "read-only spool directory", 1, spec_ids, exported)
 
 
+@pytest.mark.slow  # default tier: tests/agent/test_store.py: corrupt lines skipped
 def test_corrupt_spool_lines_are_skipped_with_a_warning(agents, tmp_path, write_plan,
                                                         many_tiny_specs, hooks, figure):
     raw = many_tiny_specs(4)

@@ -164,7 +164,9 @@ def test_mlflow_unreachable_then_back(tmp_path, many_tiny_specs, write_plan, hoo
     summary = json.loads(result.stdout)
     assert summary["stored"] == 3 and summary["logged"] == 0 and summary["tracking_error"]
     status = json.loads(runner.invoke(app, ["agent", "status", "--json", *common]).stdout)
-    assert status["samples"] == 3 and status["tracking_error"]
+    # status only looks: a SQLite store that is not there is not created, its samples pending
+    assert status["samples"] == 3 and status["pending"] == 3
+    assert status["tracking_uri"].endswith("(not created yet)") and not later.is_dir()
 
     later.unlink()  # MLflow is back
     store_object = SampleStore(store, f"sqlite:///{later}/mlflow.db")
@@ -210,3 +212,25 @@ def test_unreachable_server_fails_fast_and_is_not_retried_per_sample(tmp_path, m
     assert all(store.record(s).new for s in samples[1:])
     assert time.monotonic() - start < 1  # inside retry_s: spool only, no new timeout
     assert len(Spool(tmp_path).samples()) == 3
+
+
+def test_status_of_an_unreachable_server_is_one_line_and_creates_nothing(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "never-created"
+    for command in (["agent", "status"], ["agent", "status", "--json"], ["agent", "sync"],
+                    ["dataset", "export", "--output", str(tmp_path / "out.csv")]):
+        result = runner.invoke(app, [*command, "--store", str(store), "--tracking-uri",
+                                     f"http://127.0.0.1:{port}"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), command
+        assert result.stderr.strip() == (
+            f"error: MLflow at http://127.0.0.1:{port}: not reachable (Connection refused)")
+        if command[1] == "status":
+            assert not store.exists()  # status looks, never creates
+    fresh = tmp_path / "fresh"
+    status = runner.invoke(app, ["agent", "status", "--store", str(fresh)])
+    assert status.exit_code == 0 and "not created yet" in status.stdout
+    assert not fresh.exists()

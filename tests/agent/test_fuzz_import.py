@@ -26,7 +26,7 @@ from vram_ml.cli import app
 from vram_ml.sample import COLUMNS, Measurement, Provenance, Sample, sample_to_row
 from vram_ml.spec import build_spec
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}

@@ -34,8 +34,8 @@ def test_cpu_backend_counts_what_simulate_counts(tiny_specs):
     fake = simulate_step(spec, steps=2).peak
     assert fake.breakdown.get("quantization_constants", 0) > 0
     assert m.status == "ok"
-    assert m.peak_allocated_bytes == fake.peak_allocated_cuda_bytes
-    assert m.peak_reserved_bytes == fake.peak_reserved_cuda_bytes
+    assert m.peak_allocated_bytes == fake.peak_allocated_bytes
+    assert m.peak_reserved_bytes == fake.peak_reserved_bytes
 
 
 def test_simulated_oom_keeps_lower_bounds_and_error_raises(tiny_specs):

@@ -27,9 +27,30 @@ def test_every_model_variant_of_the_space_resolves():
         for entry in space["models"]:
             for variant in entry.get("variants", [{}]):
                 try:
-                    build_spec(model=entry["model"], model_overrides=variant)
+                    spec = build_spec(model=entry["model"], model_overrides=variant)
                 except SpecError as error:
                     pytest.fail(f"{entry['model']} {variant}: {error}")
+                for dotted, value in variant.items():  # the override reached the config
+                    config = spec.resolved_model.config
+                    for key in dotted.split("."):
+                        config = config[key]
+                    assert config == value, (entry["model"], dotted)
+
+
+def test_the_space_covers_every_family_the_recipe_builds():
+    """A lent GPU measures every catalog family the recipe can build (remote-code models and
+    the vision-language families outside the recipe are the ones it cannot)."""
+    from vram_ml.architectures import REMOTE_CODE_MODEL_TYPES
+    from vram_ml.model.recipe_support import recipe_refusal
+    from vram_ml.model_source import load_catalog
+
+    catalog = load_catalog()
+    covered = {catalog[entry["model"]].family for entry in load_space()["models"]}
+    buildable = {entry.family for hf_id, entry in catalog.items()
+                 if entry.config["model_type"] not in REMOTE_CODE_MODEL_TYPES
+                 and not recipe_refusal(build_spec(model=hf_id, seq_len=256))}
+    assert buildable - covered == set()
+    assert len(covered) >= 30
 
 
 def test_every_knob_is_a_spec_field_with_valid_values():
@@ -41,12 +62,14 @@ def test_every_knob_is_a_spec_field_with_valid_values():
             fields = {**base, name: raw}
             if name in ("quant_bits", "quant_type", "double_quant") or raw == "qlora":
                 fields.update(method="qlora", quant_bits=fields.get("quant_bits", 4))
-            if name in ("images_per_sample", "image_resolution", "train_vision_tower",
-                        "train_projector"):
+            if name in ("images_per_sample", "image_resolution", "freeze_vision_tower",
+                        "freeze_multi_modal_projector"):
                 fields["model"] = "Qwen/Qwen2-VL-2B-Instruct"
             if name == "lora_target" and raw == "attention":
                 continue  # a planner alias, resolved per model
-            build_spec(**fields)
+            spec = build_spec(**fields)
+            expected = (raw,) if name == "lora_target" else raw
+            assert getattr(spec, name) == expected, (name, raw)
 
 
 def test_knobs_that_do_not_apply_are_reset():
@@ -77,7 +100,7 @@ def test_coverage_order_spreads_over_families_and_methods():
 
 
 def test_plan_skips_done_and_predicted_oom_but_probes_the_edge():
-    space = load_space()
+    space = {**load_space(), "candidates": 1500}  # the same rules on fewer draws
     everything = make_plan(space, [], set(), 80 * GIB)
     first = everything.planned[0].spec
     again = make_plan(space, [first], {first.spec_id}, 80 * GIB)
@@ -154,3 +177,22 @@ def test_plan_files_yaml_and_jsonl(write_plan, tiny_specs, tmp_path):
         read_plan_file(bad)
     with pytest.raises(PlanError, match="cannot read"):
         read_plan_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("knobs: {method: [lora]}\n", "models: Field required"),
+    ("models: [{variants: [{}]}]\nknobs: {method: [lora]}\n", "models.0.model: Field required"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {lora_rnak: [8]}\n", "lora_rnak: not a Spec"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: []}\n", "knobs.method: needs at"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: [lora]}\nfit: {margin: abc}\n",
+     "fit.margin"),
+    ("models: [{model: Qwen/Qwen2.5-0.5B}]\nknobs: {method: [lora]}\ncpu: {knobs: {}}\n",
+     "cpu.models: Field required"),
+    ("- a list\n", "must be a mapping"),
+])
+def test_a_malformed_space_is_one_line_naming_where(tmp_path, text, fragment):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(PlanError) as error:
+        load_space(path, backend="cpu")
+    assert fragment in str(error.value) and "\n" not in str(error.value)

@@ -28,8 +28,8 @@ def test_analytical_peak_is_the_same_sum():
                       batch_size=1, seq_len=256)
     analysis = analyse(spec)
     assert analysis.states.paged_optimizer > 0
-    assert analysis.peak_vram == peak_vram(CUDA_CONTEXT_BYTES, analysis.peak_reserved,
-                                           analysis.states.paged_optimizer)
+    assert analysis.peak_vram_bytes == peak_vram(CUDA_CONTEXT_BYTES, analysis.peak_reserved_bytes,
+                                                 analysis.states.paged_optimizer)
 
 
 def test_the_data_card_says_what_the_target_is():

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-from vram_ml.architectures import ModelShape, shape_from_config, supported_model_types
+from vram_ml.architectures import (
+    REMOTE_CODE_MODEL_TYPES,
+    ModelShape,
+    shape_from_config,
+    supported_model_types,
+)
 from vram_ml.model_source import (
     ModelSourceError,
     find_in_catalog,
@@ -48,6 +53,8 @@ def assert_matches_transformers(shape: ModelShape, model) -> None:
     indices += [variant.indices[0] for variant in shape.layer_variants]
     for index, (_, group) in zip(indices, shape.layer_groups, strict=True):
         assert_layer_matches(group, layers[index])
+    if shape.vision is not None:
+        assert_vision_block_matches(shape, model)
 
 
 def assert_layer_matches(group: ModelShape, layer) -> None:
@@ -69,7 +76,30 @@ def assert_layer_matches(group: ModelShape, layer) -> None:
     assert sum(p.numel() for p in params.values()) == group.layer_params
 
 
-@pytest.mark.parametrize("hf_id", sorted(CATALOG))
+def assert_vision_block_matches(shape: ModelShape, model) -> None:
+    """The tower's first block: its nn.Linear modules and parameters are VisionShape's."""
+    import torch
+
+    block = next(module for name, module in model.named_modules()
+                 if ("vision" in name or "visual" in name)
+                 and name.endswith((".layers.0", ".blocks.0")))
+    linears = {name.rsplit(".", 1)[-1]: module for name, module in block.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    expected = {lin.name: lin for lin in shape.vision.layer_linears}
+    assert set(linears) == set(expected)
+    for name, module in linears.items():
+        assert (module.in_features, module.out_features, module.bias is not None) == (
+            expected[name].in_features, expected[name].out_features, expected[name].bias)
+    assert sum(p.numel() for p in block.parameters()) == shape.vision.layer_params
+
+
+# Remote-code-only models have no transformers class: tests/vram_ml/test_remote_code.py sums
+# their trees by hand against their checkpoints' stated totals instead.
+TRANSFORMERS_BUILT = sorted(hf_id for hf_id, entry in CATALOG.items()
+                            if entry.config["model_type"] not in REMOTE_CODE_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("hf_id", TRANSFORMERS_BUILT)
 def test_catalog_model_matches_transformers_exactly(hf_id: str) -> None:
     config = CATALOG[hf_id].config
     shape = shape_from_config(config)
@@ -191,7 +221,8 @@ def test_hub_style_configs_give_the_same_shape() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    for hf_id, entry in CATALOG.items():
+    for hf_id in TRANSFORMERS_BUILT:
+        entry = CATALOG[hf_id]
         as_saved = transformers.AutoConfig.for_model(**entry.config).to_dict()
         saved, raw = shape_from_config(as_saved), shape_from_config(entry.config)
         assert dataclasses.replace(saved, notes=()) == dataclasses.replace(raw, notes=()), hf_id

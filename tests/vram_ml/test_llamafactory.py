@@ -9,7 +9,7 @@ from vram_ml.spec import SpecError, build_spec
 
 
 def test_qlora_yaml_maps_every_memory_key(assets):
-    read = read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml")
+    read = read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml", allow_unknown=True)
     spec = read.spec
     assert (spec.method, spec.quant_bits, spec.quant_type, spec.double_quant) == (
         "qlora",
@@ -24,6 +24,55 @@ def test_qlora_yaml_maps_every_memory_key(assets):
     assert "use_dora" not in read.unmodelled  # false: nothing to model
     assert "gradient_checkpointing" in read.assumed and "attention" in read.assumed
     assert "images_per_sample" not in read.assumed  # a text model: no image defaults echoed
+
+
+def test_unknown_keys_are_refused_with_a_did_you_mean(assets):
+    """LLaMA-Factory refuses keys it does not know; so does vram-ml, unless told to go on."""
+    with pytest.raises(SpecError, match="'my_custom_key'.*--allow-unknown") as error:
+        read_llamafactory_yaml(assets / "llamafactory_qwen_qlora.yaml")
+    assert "\n" not in str(error.value)
+    raw = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B", "lora_rnak": 16,
+           "per_device_train_batchsize": 2}
+    with pytest.raises(SpecError, match="'lora_rnak' \\(did you mean 'lora_rank'\\?\\)") as error:
+        spec_from_llamafactory(raw)
+    assert "did you mean 'per_device_train_batch_size'?" in str(error.value)
+    allowed = spec_from_llamafactory(raw, allow_unknown=True)
+    assert allowed.unknown == ["lora_rnak", "per_device_train_batchsize"]
+    assert allowed.spec.lora_rank == 8  # the typo changed nothing: said, not hidden
+
+
+def test_keys_llamafactory_accepts_are_never_unknown():
+    read = spec_from_llamafactory({"model_name_or_path": "meta-llama/Meta-Llama-3-8B",
+                                   "logging_first_step": True, "ddp_find_unused_parameters": False})
+    assert read.unknown == []
+    assert read.unassessed == ["ddp_find_unused_parameters", "logging_first_step"]
+
+
+def test_a_vlm_yaml_reads_its_image_keys_and_says_the_image_count_is_unknown():
+    raw = {"model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct", "image_max_pixels": 262144,
+           "image_min_pixels": 1024, "video_max_pixels": 16384, "cutoff_len": 1024}
+    read = spec_from_llamafactory(raw)
+    assert read.spec.image_resolution == 512 and read.spec.images_per_sample == 1
+    assert "unknown" in read.assumed["images_per_sample"]
+    assert read.unmodelled == ["video_max_pixels"]  # videos are not modelled, never "ignored"
+    given = spec_from_llamafactory(raw, {"images_per_sample": 3})
+    assert given.spec.images_per_sample == 3 and "images_per_sample" not in given.assumed
+    with pytest.raises(SpecError, match="image_min_pixels: .* exceeds image_max_pixels"):
+        spec_from_llamafactory({**raw, "image_min_pixels": 600_000})
+
+
+@pytest.mark.parametrize("method, fragment", [
+    ("hqq", "hqq is not modelled"), ("eetq", "eetq is not modelled"),
+    ("gptq", "pre-quantized checkpoint"), ("awq", "pre-quantized checkpoint")])
+def test_quantization_methods_other_than_bitsandbytes_are_refused(method, fragment):
+    raw = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B", "quantization_bit": 4,
+           "quantization_method": method}
+    with pytest.raises(SpecError, match=fragment):
+        spec_from_llamafactory(raw)
+    unquantized = spec_from_llamafactory({**raw, "quantization_bit": None})  # nothing quantized
+    assert unquantized.spec.method == "lora"
+    bnb = spec_from_llamafactory({**raw, "quantization_method": "bnb"})
+    assert bnb.spec.quant_bits == 4
 
 
 def test_yaml_and_flags_give_the_same_spec_id(assets):

@@ -43,6 +43,8 @@ def test_spec_id_changes_with_every_memory_knob():
         dict(liger_kernel=True),
         dict(num_gpus=2),
         dict(model_overrides={"num_hidden_layers": 4}),
+        dict(freeze_vision_tower=False),
+        dict(freeze_multi_modal_projector=False),
     ]
     ids = {base.spec_id}
     for change in variants:
@@ -111,3 +113,20 @@ def test_unknown_model_is_one_line(model):
         build_spec(model=model)
     assert "\n" not in str(error.value)
     assert "model" in str(error.value)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by transformers
+def test_every_transformers_optimizer_is_modelled_aliased_or_refused_by_name():
+    OptimizerNames = pytest.importorskip("transformers.training_args").OptimizerNames
+
+    from vram_ml.model.formulas.model_states import OPTIMIZER_STATES
+    from vram_ml.optimizers import ALIASES, OPTIMIZERS, UNMODELLED
+
+    assert set(OPTIMIZERS) == set(OPTIMIZER_STATES)  # each modelled one has its state sizes
+    for name in (member.value for member in OptimizerNames):
+        assert name in OPTIMIZERS or name in ALIASES or name in UNMODELLED, name
+    assert build_spec(model=LLAMA, optimizer="adamw_bnb_8bit").optimizer == "adamw_8bit"
+    with pytest.raises(SpecError, match="'galore_adamw' is a transformers optimizer vram-ml does "
+                                        "not model .GaLore") as error:
+        build_spec(model=LLAMA, optimizer="galore_adamw")
+    assert "\n" not in str(error.value)

@@ -14,7 +14,7 @@ from typing import Any
 
 from vram_ml.architectures.decoders import gated_mlp, qkvo
 from vram_ml.architectures.registry import register, shape_from_config
-from vram_ml.architectures.shape import ModelShape, VisionShape
+from vram_ml.architectures.shape import LinearShape, ModelShape, VisionShape
 
 # transformers 5.x defaults of the vision configuration classes (parameter-relevant keys only).
 _VIT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -60,12 +60,19 @@ def _sub(config: Mapping[str, Any], key: str, model_type: str,
     return sub
 
 
+def _vit_block(h: int, inter: int) -> tuple[tuple[LinearShape, ...], int]:
+    """A CLIP / SigLIP / Idefics3 encoder layer: (its linears, its parameters with 2 norms)."""
+    linears = (*qkvo(h, 1, 1, h, True, True, "out_proj"), LinearShape("fc1", h, inter, True),
+               LinearShape("fc2", inter, h, True))
+    return linears, sum(lin.params for lin in linears) + 4 * h
+
+
 def _vit(vision: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], int, int]:
     """A CLIP/SigLIP-style tower: (merged config, parameters, patches per image)."""
     v = {**_VIT_DEFAULTS[kind], **vision}
     h, inter, p = v["hidden_size"], v["intermediate_size"], v["patch_size"]
     patches = (v["image_size"] // p) ** 2
-    layer = 4 * (h * h + h) + (h * inter + inter) + (inter * h + h) + 4 * h
+    layer = _vit_block(h, inter)[1]
     conv = v["num_channels"] * p * p * h
     if kind == "clip_vision_model":  # class token, bias-free conv, pre and post LayerNorm
         embeddings, norms = h + conv + (patches + 1) * h, 4 * h
@@ -76,6 +83,11 @@ def _vit(vision: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], int, int
         # attention-pooling head: probe, nn.MultiheadAttention, LayerNorm, MLP
         head = h + (4 * h * h + 4 * h) + 2 * h + (h * inter + inter) + (inter * h + h)
     return v, embeddings + v["num_hidden_layers"] * layer + norms + head, patches
+
+
+def _block_fields(v: Mapping[str, Any]) -> dict[str, Any]:
+    linears, params = _vit_block(v["hidden_size"], v["intermediate_size"])
+    return {"layer_linears": linears, "layer_params": params}
 
 
 def _with_vision(text: ModelShape, config: Mapping[str, Any], tied: bool, vision: VisionShape,
@@ -107,7 +119,7 @@ def llava(config: Mapping[str, Any]) -> ModelShape:
         num_attention_heads=v["num_attention_heads"], patch_size=v["patch_size"],
         image_size=v["image_size"], tower_params=tower, projector_params=projector,
         fixed_image_tokens=positions if full else positions - 1,
-        encoder_tokens_per_image=positions))
+        encoder_tokens_per_image=positions, **_block_fields(v)))
 
 
 @register("paligemma", vision=True)
@@ -122,7 +134,7 @@ def paligemma(config: Mapping[str, Any]) -> ModelShape:
         intermediate_size=v["intermediate_size"], num_attention_heads=v["num_attention_heads"],
         patch_size=v["patch_size"], image_size=v["image_size"], tower_params=tower,
         projector_params=v["hidden_size"] * out + out, fixed_image_tokens=patches,
-        encoder_tokens_per_image=patches))
+        encoder_tokens_per_image=patches, **_block_fields(v)))
 
 
 @register("idefics3", vision=True)
@@ -139,8 +151,9 @@ def idefics3(config: Mapping[str, Any]) -> ModelShape:
         patch_size=v["patch_size"], image_size=v["image_size"], tower_params=tower,
         projector_params=v["hidden_size"] * scale * scale * text.hidden_size,
         spatial_merge_size=scale, fixed_image_tokens=per_tile, encoder_tokens_per_image=patches,
-    ), notes=(f"an image is split into {v['image_size']}-px tiles plus one global view; "
-              f"each tile adds {per_tile} tokens",))
+        **_block_fields(v)),
+        notes=(f"an image is split into {v['image_size']}-px tiles plus one global view; "
+               f"each tile adds {per_tile} tokens",))
 
 
 def _qwen_vl_text(config: Mapping[str, Any], text_type: str) -> tuple[ModelShape, bool]:
@@ -168,13 +181,16 @@ def qwen2_vl(config: Mapping[str, Any]) -> ModelShape:
     e, p, t = v["embed_dim"], v["patch_size"], v["temporal_patch_size"]
     merge = v["spatial_merge_size"]
     mlp = int(e * v["mlp_ratio"])
-    block = 4 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * mlp + mlp) + (mlp * e + e)
+    linears = (LinearShape("qkv", e, 3 * e, True), LinearShape("proj", e, e, True),
+               LinearShape("fc1", e, mlp, True), LinearShape("fc2", mlp, e, True))
+    block = 4 * e + sum(lin.params for lin in linears)  # two LayerNorms
     tower = v["in_channels"] * t * p * p * e + v["depth"] * block
     return _with_vision(text, config, tied, VisionShape(
         kind="qwen2_vl", num_layers=v["depth"], hidden_size=e, intermediate_size=mlp,
         num_attention_heads=v["num_heads"], patch_size=p, image_size=0, tower_params=tower,
         projector_params=_qwen_merger(e, merge, v["hidden_size"], 2 * e),
-        spatial_merge_size=merge, temporal_patch_size=t, dynamic_resolution=True))
+        spatial_merge_size=merge, temporal_patch_size=t, dynamic_resolution=True,
+        layer_linears=linears, layer_params=block))
 
 
 @register("qwen2_5_vl", vision=True)
@@ -184,13 +200,16 @@ def qwen2_5_vl(config: Mapping[str, Any]) -> ModelShape:
     v = {**_QWEN2_5_VL_VISION, **(config.get("vision_config") or {})}
     h, inter, p = v["hidden_size"], v["intermediate_size"], v["patch_size"]
     t, merge = v["temporal_patch_size"], v["spatial_merge_size"]
-    block = 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + 2 * (h * inter + inter) + (inter * h + h)
+    linears = (LinearShape("qkv", h, 3 * h, True), LinearShape("proj", h, h, True),
+               *gated_mlp(h, inter, True))
+    block = 2 * h + sum(lin.params for lin in linears)  # two RMSNorms
     tower = v["in_channels"] * t * p * p * h + v["depth"] * block
     return _with_vision(text, config, tied, VisionShape(
         kind="qwen2_5_vl", num_layers=v["depth"], hidden_size=h, intermediate_size=inter,
         num_attention_heads=v["num_heads"], patch_size=p, image_size=0, tower_params=tower,
         projector_params=_qwen_merger(h, merge, v["out_hidden_size"], h),
-        spatial_merge_size=merge, temporal_patch_size=t, dynamic_resolution=True))
+        spatial_merge_size=merge, temporal_patch_size=t, dynamic_resolution=True,
+        layer_linears=linears, layer_params=block))
 
 
 @register("mllama", vision=True)
@@ -218,7 +237,9 @@ def mllama(config: Mapping[str, Any]) -> ModelShape:
     ratios = len(v["supported_aspect_ratios"] or [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2],
                                                  [3, 1], [4, 1]])
     positions = (v["image_size"] // p) ** 2 + 1
-    layer = 4 * h * h + (h * inter + inter) + (inter * h + h) + 4 * h
+    linears = (*qkvo(h, 1, 1, h, False, False), LinearShape("fc1", h, inter, True),
+               LinearShape("fc2", inter, h, True))
+    layer = sum(lin.params for lin in linears) + 4 * h
     tower = (h + v["num_channels"] * p * p * h  # class token, bias-free patch conv
              + 1 + positions * h + (ratios + 1) * tiles * positions * h  # gated position + tile
              + 2 * (1 + (ratios + 1) * tiles * h)  # pre/post tile embeddings
@@ -228,7 +249,7 @@ def mllama(config: Mapping[str, Any]) -> ModelShape:
         intermediate_size=inter, num_attention_heads=v["attention_heads"], patch_size=p,
         image_size=v["image_size"], tower_params=tower,
         projector_params=v["vision_output_dim"] * hidden + hidden, fixed_image_tokens=1,
-        encoder_tokens_per_image=tiles * positions,
+        encoder_tokens_per_image=tiles * positions, layer_linears=linears, layer_params=layer,
     ), extra_params=n_cross * (2 * hd + 2), notes=(
         f"{n_cross} of the {layers} decoder layers are cross-attention layers (same linears; "
         "their q/k norms and gates are in extra_params)",

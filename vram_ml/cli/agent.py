@@ -141,7 +141,9 @@ def agent_status(store: StoreOption = None, tracking_uri: TrackingOption = None,
     """
     from vram_ml.agent.store import store_status
 
-    status = store_status(open_store(store, tracking_uri, no_mlflow, experiment))
+    status = store_status(open_store(store, tracking_uri, no_mlflow, experiment, read_only=True))
+    if status["tracking_error"]:  # asked about a tracking server that does not answer
+        raise fail(status["tracking_error"], code=1)
     if as_json:
         print_json(status)
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from vram_ml.cli.display import print_json
-from vram_ml.cli.spec_options import fail
+from vram_ml.cli.spec_options import fail, fail_to_write
 from vram_ml.cli.store_options import (
     BackendsOption,
     ExperimentOption,
@@ -52,8 +52,9 @@ def dataset_export(
         raise fail(f"source: expected mlflow or spool (got {source!r})")
     backends = ("cuda", *(include_backend or ()))
     try:
-        result = export_dataset(open_store(store, tracking_uri, False, experiment), output, source,
-                                backends, replace)
+        with fail_to_write(output, "output"):
+            result = export_dataset(open_store(store, tracking_uri, False, experiment), output,
+                                    source, backends, replace)
     except (DatasetError, TrackingUnavailable) as error:
         raise fail(str(error), code=1) from None
     if as_json:
@@ -119,8 +120,9 @@ def dataset_import(
 
     backends = ("cuda", *(include_backend or ()))
     try:
-        result = import_dataset(file, open_store(store, tracking_uri, no_mlflow, experiment),
-                                output, backends)
+        with fail_to_write(output, "output"):
+            result = import_dataset(file, open_store(store, tracking_uri, no_mlflow, experiment),
+                                    output, backends)
     except (DatasetError, SpoolError) as error:
         raise fail(str(error), code=1) from None
     if as_json:

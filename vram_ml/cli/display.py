@@ -30,7 +30,11 @@ def echo_spec(spec_input: SpecInput) -> None:
         + (f" r={spec.lora_rank}" if spec.method in ("lora", "qlora") else "")
         + f" · batch {spec.batch_size} x seq {spec.seq_len} · {spec.precision}"
         + (" · checkpointing" if spec.gradient_checkpointing else "")
-        + f" · {spec.attention} · {spec.optimizer} · spec_id {spec.spec_id}"
+        + f" · {spec.attention} · {spec.optimizer}"
+        + (f" · {spec.images_per_sample} image(s) of {spec.image_resolution} px, vision tower "
+           f"{'frozen' if spec.freeze_vision_tower else 'not frozen'}"
+           if resolved.shape.is_multimodal else "")
+        + f" · spec_id {spec.spec_id}"
     )
     console.print(f"stack: {spec.framework} · transformers {spec.transformers_version} · peft "
                   f"{spec.peft_version} · trl {spec.trl_version} · bitsandbytes "
@@ -48,8 +52,14 @@ def echo_spec(spec_input: SpecInput) -> None:
             + ", ".join(spec_input.unmodelled)
             + "[/]"
         )
+    if spec_input.unassessed:
+        console.print("[yellow]not assessed (LLaMA-Factory keys whose memory effect vram-ml has "
+                      "not classified): " + ", ".join(spec_input.unassessed) + "[/]")
     if spec_input.unknown:
-        console.print("[yellow]unknown keys: " + ", ".join(spec_input.unknown) + "[/]")
+        console.print("[yellow]unknown keys (LLaMA-Factory would refuse them; --allow-unknown): "
+                      + ", ".join(spec_input.unknown) + "[/]")
+    if "images_per_sample" in spec_input.assumed:
+        console.print(f"[yellow]{spec_input.assumed['images_per_sample']}[/]")
 
 
 def estimates_table(estimates: list[Estimate], title: str = "Peak VRAM (GiB)") -> Table:

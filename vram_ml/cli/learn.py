@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vram_ml.cli.display import print_json
-from vram_ml.cli.spec_options import fail
+from vram_ml.cli.spec_options import fail, fail_to_write
 
 if TYPE_CHECKING:
     from vram_ml.model.learned.training_set import TrainingSet
@@ -55,6 +55,7 @@ def train(
 
     Example: vram-ml train --data datasets/samples.csv --output /tmp/model
     """
+    from vram_ml.model.learned.estimator import BUNDLED_DIR
     from vram_ml.model.learned.train import TrainingError, TrainParams
     from vram_ml.model.learned.train import train as train_model
 
@@ -64,14 +65,16 @@ def train(
         if mlflow
         else None
     )
+    _check_tracking(uri)
     try:
-        result = train_model(
-            training_set,
-            output,
-            TrainParams(n_estimators=n_estimators, max_depth=max_depth, min_peaks=min_peaks),
-            uri,
-            sources,
-        )
+        with fail_to_write(output or BUNDLED_DIR, "output", folder=True):
+            result = train_model(
+                training_set,
+                output,
+                TrainParams(n_estimators=n_estimators, max_depth=max_depth, min_peaks=min_peaks),
+                uri,
+                sources,
+            )
     except (TrainingError, ValueError) as error:
         raise fail(str(error)) from None
     payload = {
@@ -120,18 +123,32 @@ def evaluate(
     from vram_ml.model.learned.evaluation_plots import log_evaluation, write_outputs
 
     training_set, _ = _load(data, experiment, synthetic)
+    _check_tracking(tracking_uri)
+    with fail_to_write(output, "output", folder=True):
+        try:
+            evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
+        except ValueError as error:
+            raise fail(str(error)) from None
+        paths = write_outputs(evaluation, output)
     try:
-        evaluation = evaluate_estimators(training_set, _names(estimators), _names(splits))
-    except ValueError as error:
-        raise fail(str(error)) from None
-    paths = write_outputs(evaluation, output)
-    run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
+        run_id = log_evaluation(tracking_uri, evaluation, paths) if tracking_uri else None
+    except ValueError as error:  # MLflow failed while logging (one line)
+        raise fail(str(error), code=1) from None
     if as_json:
         print_json({**evaluation.report, "files": [str(p) for p in paths], "mlflow_run_id": run_id})
         return
     from vram_ml.cli.learned_display import print_evaluation
 
     print_evaluation(evaluation.report, paths, run_id)
+
+
+def _check_tracking(uri: str | None) -> None:
+    """An MLflow server that will be logged to must answer before the work starts."""
+    from vram_ml.tracking_uri import unreachable_reason
+
+    unreachable = unreachable_reason(uri) if uri else ""
+    if unreachable:
+        raise fail(f"MLflow at {uri}: {unreachable}", code=1)
 
 
 def _names(text: str) -> tuple[str, ...]:

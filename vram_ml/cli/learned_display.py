@@ -24,7 +24,7 @@ VERDICT_STYLE = {
 
 def prediction_table(prediction: Prediction) -> Table:
     estimates = [prediction.answer, *prediction.beside]
-    table = Table(title="Peak VRAM (GiB)", title_justify="left")
+    table = Table(title="Peak VRAM (GiB = 2^30 bytes)", title_justify="left")
     table.add_column("")
     for i, estimate in enumerate(estimates):
         header = f"[bold]{estimate.estimator}[/]" if i == 0 else f"[dim]{estimate.estimator}[/]"
@@ -50,7 +50,7 @@ def print_prediction(prediction: Prediction) -> None:
     answer = prediction.answer
     console.print(prediction_table(prediction))
     upper = (
-        f", upper bound [bold]{gib(answer.upper_vram_bytes)} GiB[/]"
+        f", upper bound [bold]{gib(answer.upper_vram_bytes)} GiB[/] [dim]({answer.upper_basis})[/]"
         if answer.upper_vram_bytes
         else ""
     )
@@ -64,7 +64,7 @@ def print_prediction(prediction: Prediction) -> None:
         spare = card.spare_bytes
         detail = f"{gib(spare)} GiB spare" if spare >= 0 else f"{gib(-spare)} GiB short"
         console.print(
-            f"  {card.gpu_memory_gib:g} GB card  {VERDICT_STYLE[card.verdict]}  "
+            f"  {card.gpu_memory_gib:g} GiB card  {VERDICT_STYLE[card.verdict]}  "
             f"[dim]({detail} at the {'upper bound' if answer.upper_vram_bytes else 'peak'})[/]"
         )
     for note in answer.notes:
@@ -74,7 +74,7 @@ def print_prediction(prediction: Prediction) -> None:
 
 def print_fit(report: FitReport) -> None:
     card = f"{report.gpu_memory_bytes / 1024**3:g} GiB"
-    verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
+    verdict = VERDICT_STYLE[report.verdict]
     console.print(f"On a {card} card, judged on the {report.estimator} {report.bound_name}:")
     console.print(
         f"  this run: peak {gib(report.peak_vram_bytes)} GiB, bound "
@@ -100,9 +100,10 @@ def print_fit(report: FitReport) -> None:
         for column in ("change", "cost", "peak (GiB)", "bound (GiB)"):
             table.add_column(column, justify="right" if "GiB" in column else "left")
         for change in report.changes:
+            cost = change.cost + (f" [yellow]({change.unmeasured})[/]" if change.unmeasured else "")
             table.add_row(
                 change.description,
-                change.cost,
+                cost,
                 gib(change.peak_vram_bytes),
                 gib(change.bound_vram_bytes),
             )
@@ -112,6 +113,7 @@ def print_fit(report: FitReport) -> None:
         console.print(
             f"  no single change fits; together: [bold]{change.description}[/] -> bound "
             f"{gib(change.bound_vram_bytes)} GiB"
+            + (f" [yellow]({change.unmeasured})[/]" if change.unmeasured else "")
         )
     elif not report.fits:
         console.print(

@@ -30,7 +30,8 @@ def predict(
     spec_input: SpecInput,
     gpu_memory: Annotated[
         list[float] | None,
-        typer.Option(help="Card memory in GiB (repeatable). Default: 24, 40, 48 and 80."),
+        typer.Option(help="Card memory in GiB (repeatable; a '24 GB' card is 24). "
+                          "Default: 24, 40, 48 and 80."),
     ] = None,
     artifact: ArtifactOption = None,
     as_json: JsonOption = False,
@@ -42,6 +43,8 @@ def predict(
     from vram_ml.model.answers.prediction import predict as predict_spec
     from vram_ml.model.learned.estimator import ArtifactError
 
+    for size in gpu_memory or ():
+        check_gpu_memory(size)
     try:
         prediction = predict_spec(spec_input.spec, gpu_memory, artifact)
     except (ArtifactError, ValueError) as error:
@@ -58,10 +61,14 @@ def predict(
 
 def fit(
     spec_input: SpecInput,
-    gpu_memory: Annotated[float, typer.Option(help="Card memory in GiB.")] = 24.0,
+    gpu_memory: Annotated[
+        float, typer.Option(help="Card memory in GiB (a '24 GB' card is 24).")
+    ] = 24.0,
     target_batch: Annotated[
-        int, typer.Option(help="Effective batch to keep: batch x accumulation x GPUs.", min=1)
-    ] = 32,
+        int | None,
+        typer.Option(help="Effective batch to keep: batch x accumulation x GPUs "
+                          "(default: the spec's own).", min=1),
+    ] = None,
     artifact: ArtifactOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -74,6 +81,7 @@ def fit(
     from vram_ml.model.estimate import GIB
     from vram_ml.model.learned.estimator import ArtifactError, LearnedEstimator
 
+    check_gpu_memory(gpu_memory)
     try:
         report = find_fit(
             spec_input.spec, int(gpu_memory * GIB), target_batch, LearnedEstimator(artifact)
@@ -88,6 +96,12 @@ def fit(
 
     echo_spec(spec_input)
     print_fit(report)
+
+
+def check_gpu_memory(size: float) -> None:
+    """A card's memory must be a positive number of GiB (one-line error otherwise)."""
+    if not size > 0 or size == float("inf"):
+        raise fail(f"gpu_memory: must be a positive number of GiB (got {size:g})")
 
 
 app.command()(with_spec_options(predict))

@@ -6,10 +6,12 @@ a ready `SpecInput`, so each command states only its own options.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
 import typing
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,9 +31,34 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextlib.contextmanager
+def fail_to_write(path: Path, what: str = "output", folder: bool = False) -> Iterator[None]:
+    """Check that `path` (a file, or a folder) can be written before the work, and turn an
+    OSError while writing into one line: `error: output: cannot write PATH (why)`, exit 1."""
+    from vram_ml.output_paths import OutputPathError, writable_dir, writable_file
+
+    try:
+        (writable_dir if folder else writable_file)(path, what)
+    except OutputPathError as error:
+        raise fail(str(error), code=1) from None
+    try:
+        yield
+    except OSError as error:
+        where = error.filename or path
+        raise fail(f"{what}: cannot write {where} ({error.strerror or type(error).__name__})",
+                   code=1) from None
+
+
 # name -> (annotation, Spec field). Typer reads these; None means "not given".
 _OPTIONS: dict[str, tuple[Any, str | None]] = {
     "config": (Annotated[Path | None, typer.Option(help="LLaMA-Factory training YAML.")], None),
+    "allow_unknown": (
+        Annotated[
+            bool | None,
+            typer.Option("--allow-unknown", help="Go on past YAML keys LLaMA-Factory refuses."),
+        ],
+        None,
+    ),
     "model": (
         Annotated[str | None, typer.Option(help="Catalog id, HF id or config.json path.")],
         "model",
@@ -96,13 +123,19 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[int | None, typer.Option(help="Image side in pixels (VLMs).")],
         "image_resolution",
     ),
-    "train_vision_tower": (
-        Annotated[bool | None, typer.Option(help="Train the vision tower.")],
-        "train_vision_tower",
+    "freeze_vision_tower": (
+        Annotated[
+            bool | None,
+            typer.Option(help="Freeze the vision tower (VLMs; LLaMA-Factory's default: yes)."),
+        ],
+        "freeze_vision_tower",
     ),
-    "train_projector": (
-        Annotated[bool | None, typer.Option(help="Train the projector.")],
-        "train_projector",
+    "freeze_multi_modal_projector": (
+        Annotated[
+            bool | None,
+            typer.Option(help="Freeze the projector (VLMs; LLaMA-Factory's default: yes)."),
+        ],
+        "freeze_multi_modal_projector",
     ),
     "num_gpus": (Annotated[int | None, typer.Option(help="GPUs (data parallel).")], "num_gpus"),
     "zero_stage": (
@@ -162,13 +195,13 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
     overrides = _parse_overrides(options.get("override") or [])
     if overrides:
         fields["model_overrides"] = overrides
-    config = options.get("config")
+    config, allow_unknown = options.get("config"), bool(options.get("allow_unknown"))
     if config is None and "model" not in fields:
         with resources.as_file(resources.files("vram_ml") / "examples" / EXAMPLE_CONFIG) as example:
-            read = read_llamafactory_yaml(example, fields)
+            read = read_llamafactory_yaml(example, fields, allow_unknown)
         source = f"example ({EXAMPLE_CONFIG})"
     elif config is not None:
-        read = read_llamafactory_yaml(config, fields)
+        read = read_llamafactory_yaml(config, fields, allow_unknown)
         source = str(config)
     else:
         return spec_input_from_fields(fields, "flags")

@@ -19,8 +19,10 @@ BackendsOption = Annotated[list[str] | None, typer.Option(
 
 
 def open_store(store: Path | None, tracking_uri: str | None, no_mlflow: bool,
-               experiment: str | None = None):
-    """The sample store these options name (the spool, and MLflow unless --no-mlflow)."""
+               experiment: str | None = None, read_only: bool = False):
+    """The sample store these options name (the spool, and MLflow unless --no-mlflow);
+    `read_only` creates nothing (agent status)."""
     from vram_ml.agent.store import SampleStore, default_store_dir
 
-    return SampleStore(store or default_store_dir(), "" if no_mlflow else tracking_uri, experiment)
+    return SampleStore(store or default_store_dir(), "" if no_mlflow else tracking_uri, experiment,
+                       read_only=read_only)

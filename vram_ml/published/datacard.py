@@ -85,7 +85,8 @@ def datacard_text(rows: list[dict[str, Any]], versions_read: dict[str, int],
         "## Totals", "",
         f"{len(rows)} rows from {len(versions_read)} sources; {len(mapped)} mapped to a Spec, "
         f"{len(rows) - len(mapped)} unmapped; "
-        f"{sum(_vision(row) for row in rows)} vision-language rows.", "",
+        f"{sum(_vision(row) for row in rows)} vision-language rows "
+        f"({sum(_vision(row) for row in mapped)} mapped).", "",
     ]
     lines += _table(("source", "statistic", "outcome", "rows"),
                     Counter((r["source"], r["statistic"], r["outcome"]) for r in rows))
@@ -131,7 +132,10 @@ def _source_section(name: str, rows: list[dict[str, Any]], versions: int, read_f
 
 
 WAITING = (("FSDP settings", ("FSDP",)), ("GPTQ quantization", ("GPTQ",)),
-           ("FSDP or GPTQ", ("FSDP", "GPTQ")), ("a remote-code shape builder", ("remote-code",)))
+           ("FSDP or GPTQ", ("FSDP", "GPTQ")),
+           ("a remote-code shape builder", ("no closed-form shape builder",)),
+           ("a real config in the catalog", ("not in the catalog",)),
+           ("stack rules for an older library version", ("is not supported (supported:",)))
 
 
 def _waiting(rows: list[dict[str, Any]]) -> Counter:

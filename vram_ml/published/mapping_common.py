@@ -81,6 +81,8 @@ def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str |
         stage = as_int(stack.get("zero_stage"))
         if stage is not None:
             request.set("zero_stage", stage)
+        else:  # the Spec's default (no DeepSpeed) would describe another run
+            request.block("DeepSpeed run whose ZeRO stage the source does not state")
         offload = _offloads(stack, "")
         if offload:
             request.wanted["zero_offload"] = offload
@@ -120,13 +122,28 @@ def lora_targets(request: SpecRequest, model: str | None, targets: Any) -> None:
     if entry is not None:
         from vram_ml.model_source import resolve_model
 
-        linear = set(resolve_model(entry.hf_id).shape.linear_names)
-        kept = [name for name in names if name in linear]
-        if kept and len(kept) < len(names):
+        linear = resolve_model(entry.hf_id).shape.linear_names
+        matched = {name: peft_matches(name, linear) for name in names}
+        kept = list(dict.fromkeys(m for name in names for m in matched[name]))
+        absent = [name for name in names if not matched[name]]
+        if kept and absent:
             request.set("lora_target", kept, f"peft targets only the listed names the model has "
-                        f"({', '.join(n for n in names if n not in linear)} absent)")
+                        f"({', '.join(absent)} absent)")
+            return
+        widened = {name: found for name, found in matched.items() if found != [name]}
+        if kept and widened:
+            request.set("lora_target", kept, "peft matches a target name as a suffix of the "
+                        "module path: " + "; ".join(f"{name} -> {', '.join(found)}"
+                                                    for name, found in widened.items()))
             return
     request.set("lora_target", names)
+
+
+def peft_matches(target: str, linear_names: tuple[str, ...]) -> list[str]:
+    """The decoder-layer linears a peft target name reaches: the same name, or a name that ends
+    with "." + target (peft's check_target_module_exists: key == target or key ends with
+    "." + target), e.g. Qwen's `c_proj` -> attn.c_proj and mlp.c_proj."""
+    return [name for name in linear_names if name == target or name.endswith("." + target)]
 
 
 def adamw(request: SpecRequest, optimizer: Any) -> None:
@@ -166,7 +183,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
     if run.get("trainable_embeddings"):
         request.block("trainable embeddings and lm_head (modules_to_save): not in the Spec")
     if run.get("trainable_vision"):
-        request.set("train_vision_tower", True)
+        request.set("freeze_vision_tower", False)
     for name in ("images_per_sample", "image_resolution"):
         if as_int(run.get(name)) is not None:
             request.set(name, as_int(run[name]))
@@ -176,6 +193,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
         request.stated("lora_rank", as_int(run.get("lora_rank")))
         if run.get("lora_alpha") is not None:
             request.stated("lora_alpha", as_int(run.get("lora_alpha")))
+        request.stated("lora_dropout", as_float(run.get("lora_dropout")))
         target = run.get("lora_target")
         if isinstance(target, str) and not target.strip().startswith("[") and (
                 "\\" in target or "(" in target):

@@ -4,19 +4,22 @@ A published run names its model as its source did (`NousResearch/Llama-2-70b-hf`
 `TheBloke/Mistral-7B-v0.1-GPTQ`). It maps to a catalog entry only by the entry's own id or an
 alias recorded with evidence that the config is the same (vram_ml/catalog/*.json): never by a
 bare-name match, which would make any re-upload (or a quantized copy) the original. Models whose
-architecture exists only as remote code have no closed-form shape builder and stay unmapped.
+architecture exists only as remote code map when vram_ml/architectures/remote_code.py builds their
+model_type and the catalog holds their real config; the others stay unmapped, saying which.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
+from vram_ml.architectures import supported_model_types
 from vram_ml.model_source import CatalogEntry, load_catalog
 
 # model id prefix -> (model_type, what it is). transformers ships none of these: they load with
-# trust_remote_code, which vram-ml never uses, and no builder in vram_ml/architectures covers them.
+# trust_remote_code, which vram-ml never uses; `qwen` and `chatglm` have closed-form builders
+# (vram_ml/architectures/remote_code.py), the others none.
 REMOTE_CODE = {
-    "Qwen/Qwen-VL": ("qwen (Qwen-VL)", "Qwen-VL"),
+    "Qwen/Qwen-VL": ("qwen", "Qwen-VL"),
     "Qwen/Qwen-": ("qwen", "Qwen (v1)"),
     "openbmb/MiniCPM-Llama3-V": ("minicpmv", "MiniCPM-V"),
     "openbmb/MiniCPM-V": ("minicpmv", "MiniCPM-V"),
@@ -61,10 +64,13 @@ def model_problem(model_id: str | None) -> str | None:
         return "model not named by the source"
     if catalog_entry(model_id) is not None:
         return None
-    remote = remote_code_family(model_id)
-    if remote:
-        return (f"{model_id}: remote-code-only model (model_type {remote[0]}), no closed-form "
-                "shape builder")
     if any(marker in model_id for marker in GPTQ_MARKERS):
         return f"{model_id}: pre-quantized GPTQ checkpoint (GPTQ 4-bit is not in the Spec)"
+    remote = remote_code_family(model_id)
+    if remote and remote[0] not in supported_model_types():
+        return (f"{model_id}: remote-code-only model (model_type {remote[0]}), no closed-form "
+                "shape builder")
+    if remote:
+        return (f"{model_id}: remote-code-only model (model_type {remote[0]}): not in the "
+                "catalog (no public copy of its real config found)")
     return f"{model_id}: not in the catalog (no real config shipped for it)"

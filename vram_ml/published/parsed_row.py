@@ -21,6 +21,7 @@ RUN_KEYS = (
     "quant_method",
     "lora_rank",
     "lora_alpha",
+    "lora_dropout",
     "lora_target",
     "trainable_embeddings",
     "trainable_vision",

@@ -56,13 +56,17 @@ SOURCE_NOTES: dict[str, dict[str, str]] = {
         "how": "Cells `6.7G / 1.0s/it`; the prose gives the unit (GB) only and no code in the "
                "repository reads memory: `unknown`. Settings from finetune.py and the launch "
                "scripts at each version's commit.",
-        "caveats": "Multi-GPU cells are sums (exceed one card). Qwen (v1) is remote code only.",
+        "caveats": "Multi-GPU cells are sums (exceed one card). Qwen (v1) is remote code only: "
+                   "mapped rows rest on its closed-form shape (vram_ml/architectures/"
+                   "remote_code.py); simulate and the recipe refuse it.",
     },
     "qwen-vl": {
         "what": "README fine-tuning profile: Qwen-VL LoRA (base/chat) and Q-LoRA, sequence "
                 "384-2048, one 448x448 image per sample, one A100-80GB (vision-language).",
         "how": "As Qwen: unit stated (GB), statistic `unknown`.",
-        "caveats": "Remote code only. Images' token count comes from the inference section.",
+        "caveats": "Remote code only (closed-form shape as for Qwen: Qwen-7B + ViT-bigG + "
+                   "resampler, 258 tokens per image). Images' token count comes from the "
+                   "inference section.",
     },
     "minicpm-v": {
         "what": "`finetune/readme.md`: LoRA vs full on 2 / 4 / 8 A100-80GB, max length 2048 "
@@ -98,13 +102,16 @@ SOURCE_NOTES: dict[str, dict[str, str]] = {
         "what": "`finetune_demo/README.md`: SFT / P-Tuning v2 / LoRA usage in MiB with the "
                 "default configs, and the older 'reference usage' figures.",
         "how": "Configs at the commit the figures were first published. Statistic `unknown`.",
-        "caveats": "ChatGLM is remote code only.",
+        "caveats": "ChatGLM is remote code only: mapped rows rest on its closed-form shape "
+                   "(vram_ml/architectures/remote_code.py).",
     },
     "glm-4": {
         "what": "`finetune_demo/README.md` (to mid 2024) and `finetune/README.md`: GLM-4-9B LoRA "
                 "/ SFT / P-Tuning v2 figures, GLM-4V LoRA (vision-language).",
         "how": "Statistic `unknown`; 'G' read as GB.",
-        "caveats": "The current table's values equal the earlier A100 table (possibly carried).",
+        "caveats": "The current table's values equal the earlier A100 table (possibly carried). "
+                   "GLM-4-9B-Chat is remote code only (closed-form shape as ChatGLM); GLM-4V's "
+                   "vision tower has none.",
     },
     "cogvlm2": {
         "what": "`finetune_demo/README.md`: a pasted nvidia-smi process list during LoRA "

@@ -194,7 +194,7 @@ def _json_columns(row: dict[str, Any]) -> list[str]:
 
 
 def _mapping(row: dict[str, Any]) -> list[str]:
-    from vram_ml.spec import SpecError, build_spec
+    from vram_ml.spec import SpecError, build_spec, renamed_fields
 
     mapping = row["mapping"]
     if mapping not in MAPPINGS:
@@ -212,7 +212,7 @@ def _mapping(row: dict[str, Any]) -> list[str]:
     if not isinstance(fields, dict):
         return ["spec: not a JSON object"]
     try:
-        spec = build_spec(**fields)
+        spec = build_spec(**renamed_fields(fields))
     except SpecError as error:
         return [f"spec: does not build a Spec ({error})"]
     if spec.spec_id != row["spec_id"]:

@@ -71,8 +71,9 @@ class PredictRequest(SpecRequest):
 class FitRequest(SpecRequest):
     gpu_memory_gib: float | None = Field(None, description="Card memory in GiB (default 24)")
     card: str | None = Field(None, description="A named card instead of gpu_memory_gib")
-    target_batch: int = Field(32, ge=1, le=1_000_000,
-                              description="Effective batch to keep: batch x accumulation x GPUs")
+    target_batch: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="Effective batch to keep: batch x accumulation x GPUs (default: the spec's)")
 
 
 class EstimateRequest(SpecRequest):

@@ -89,7 +89,10 @@ def read_spec_input(
     if "model" in fields and config_json is None:
         _check_catalog(fields["model"], "model")
     if raw is not None:
-        return SpecInput.from_read(spec_from_llamafactory(raw, fields), POSTED_YAML)
+        # the page lists keys LLaMA-Factory would refuse (the CLI refuses them unless
+        # --allow-unknown): a form being filled in shows its typos rather than failing on them
+        return SpecInput.from_read(spec_from_llamafactory(raw, fields, allow_unknown=True),
+                                   POSTED_YAML)
     if "model" not in fields:
         raise SpecError("model: pick a catalog model, paste a config.json or a YAML")
     return spec_input_from_fields(fields, "form")

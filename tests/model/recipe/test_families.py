@@ -12,7 +12,7 @@ import torch
 
 from vram_ml.model import recipe
 from vram_ml.model.formulas.experts import lora_expert_ranks
-from vram_ml.model.formulas.model_states import adapter_tensors, numel
+from vram_ml.model.formulas.parameters import adapter_tensors, numel
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
 from vram_ml.spec import build_spec
 

@@ -99,19 +99,27 @@ def test_images_larger_than_the_sequence_are_refused():
         recipe.make_batch(spec, model)
 
 
-@pytest.mark.parametrize("name,cls", [
-    ("adamw_torch", "AdamW"), ("adamw_torch_fused", "AdamW"), ("sgd", "SGD"),
-    ("adafactor", "Adafactor"), ("adamw_8bit", "AdamW8bit"),
+@pytest.mark.parametrize("name,cls,bits_paged", [
+    ("adamw_torch", "AdamW", None), ("adamw_torch_fused", "AdamW", None), ("sgd", "SGD", None),
+    ("adafactor", "Adafactor", None), ("rmsprop", "RMSprop", None), ("adagrad", "Adagrad", None),
+    ("adamw_8bit", "AdamW", (8, False)), ("adamw_bnb_8bit", "AdamW", (8, False)),
+    ("paged_adamw_32bit", "AdamW", (32, True)), ("lion_8bit", "Lion", (8, False)),
+    ("paged_lion_32bit", "Lion", (32, True)), ("ademamix", "AdEMAMix", (32, False)),
+    ("rmsprop_bnb_8bit", "RMSprop", (8, None)),
 ])
-def test_optimizers(name, cls):
+def test_optimizers_are_built_as_transformers_builds_them(name, cls, bits_paged):
     spec = tiny_spec(method="full", optimizer=name)
     model = recipe.build_model(spec, "meta")
     optimizer = recipe.make_optimizer(spec, model)
     assert type(optimizer).__name__ == cls
     params = sum(len(g["params"]) for g in optimizer.param_groups)
     assert params == len(_trainable(model))
-    if name == "adamw_torch":
-        assert optimizer.defaults["foreach"] is True
+    if name in ("adamw_torch", "rmsprop", "adagrad"):
+        assert optimizer.defaults["foreach"] is True  # torch's default on CUDA
+    if bits_paged:  # bitsandbytes: one class per family, bits and paging from the name
+        bits, paged = bits_paged
+        assert optimizer.args.optim_bits == bits
+        assert paged is None or optimizer.is_paged == paged
 
 
 def test_liger_is_refused():
@@ -133,8 +141,8 @@ def test_a_real_cpu_step_trains():
 
 @pytest.mark.parametrize("vision,projector", [(False, False), (False, True), (True, False)])
 def test_qwen2_vl_merger_is_the_projector(vision, projector):
-    spec = tiny_spec(TINY_QWEN2_VL, method="full", train_vision_tower=vision,
-                     train_projector=projector)
+    spec = tiny_spec(TINY_QWEN2_VL, method="full", freeze_vision_tower=not vision,
+                     freeze_multi_modal_projector=not projector)
     trainable = _trainable(recipe.build_model(spec, "meta"))
     assert any("visual.merger" in n for n in trainable) == projector
     assert any("visual.blocks" in n for n in trainable) == vision

@@ -47,6 +47,6 @@ def test_simulated_allocated_peak_matches_cuda(fields):
     allocated = torch.cuda.max_memory_allocated()
     reserved = torch.cuda.max_memory_reserved()
     print(f"\n{spec.method} {fields}: allocated cuda {allocated} simulated "
-          f"{predicted.peak_allocated_cuda_bytes} (tensors {predicted.peak_tensor_bytes}); "
-          f"reserved cuda {reserved} simulated {predicted.peak_reserved_cuda_bytes}")
-    assert predicted.peak_allocated_cuda_bytes == pytest.approx(allocated, rel=0.15)
+          f"{predicted.peak_allocated_bytes} (tensors {predicted.peak_tensor_bytes}); "
+          f"reserved cuda {reserved} simulated {predicted.peak_reserved_bytes}")
+    assert predicted.peak_allocated_bytes == pytest.approx(allocated, rel=0.15)

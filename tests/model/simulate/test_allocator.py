@@ -40,7 +40,7 @@ def test_large_remainders_under_1mib_stay_allocated():
     assert allocator.reserved == 12 * MIB and allocator.allocated == 3 * MIB
     third = allocator.malloc(10 * MIB)  # does not fit the 9 MiB rest: a new segment
     assert allocator.reserved == 22 * MIB
-    assert allocator.peak_allocated == 13 * MIB
+    assert allocator.peak_allocated_bytes == 13 * MIB
     assert second.size == 3 * MIB and third.size == 10 * MIB
 
 

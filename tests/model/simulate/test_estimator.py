@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vram_ml.model.estimate import BREAKDOWN_TERMS
-from vram_ml.model.simulate.allocator import CUBLAS_WORKSPACE_BYTES
+from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.simulate.estimator import CUDA_CONTEXT_BYTES, SimulateEstimator, simulate
 
 from ..tiny_models import TINY_LLAMA, tiny_spec
@@ -26,7 +26,7 @@ def test_estimate_is_tensor_peak_plus_named_corrections(simulation):
     assert estimate.estimator == "simulate"
     assert set(estimate.breakdown) <= set(BREAKDOWN_TERMS)
     assert estimate.peak_vram_bytes == sum(estimate.breakdown.values())
-    assert estimate.peak_allocated_bytes == simulation.run.peak.peak_allocated_cuda_bytes
+    assert estimate.peak_allocated_bytes == simulation.run.peak.peak_allocated_bytes
     assert estimate.peak_allocated_bytes >= simulation.peak_tensor_bytes + CUBLAS_WORKSPACE_BYTES
     assert estimate.breakdown["overhead"] == sum(simulation.corrections.values())
     assert simulation.corrections["cuda_context"] == CUDA_CONTEXT_BYTES
@@ -78,6 +78,9 @@ def test_cli_simulate_json():
     payload = json.loads(result.stdout)
     assert payload["estimator"] == "simulate"
     assert payload["peak_tensor_bytes"] > 0
+    # one name for the allocated peak everywhere (Estimate, Measurement, simulate, analytical)
+    assert payload["peak_allocated_bytes"] >= payload["peak_tensor_bytes"]
+    assert not any(key.endswith("_cuda_bytes") for key in payload)
     assert payload["peak_vram_bytes"] == sum(payload["breakdown"].values())
     assert payload["spec_id"] and payload["peak_phase"] in ("forward", "backward", "optimizer")
     assert "measured" not in result.stdout.lower()

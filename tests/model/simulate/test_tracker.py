@@ -26,9 +26,10 @@ def test_rounds_like_the_cuda_allocator():
     tracker = LiveStorageTracker()
     with tracker:
         kept = [torch.ones(1, dtype=torch.uint8) for _ in range(3)]
-    assert tracker.peak.peak_tensor_bytes == 3
+    assert tracker.peak.peak_tensor_bytes == 3 == tracker.current  # still alive: still counted
     assert tracker.peak.peak_rounded_bytes == 3 * CUDA_ROUNDING
-    assert len(kept) == 3
+    del kept
+    assert tracker.current == 0
 
 
 def test_model_state_and_retagging():
@@ -57,7 +58,9 @@ def test_hidden_scratch_is_added_at_its_op_only():
     assert tracker.peak.peak_tensor_bytes == 400 + 400 + 10_000
     assert tracker.peak.hidden_bytes == 10_000
     assert tracker.peak.breakdown["temporaries"] == 10_000
-    assert z.numel() == 1000
+    assert tracker.current == 400 + 4000  # x and z alive, y freed, the scratch gone
+    del x, z
+    assert tracker.current == 0
 
 
 def test_logits_are_recognised_by_shape():
@@ -66,7 +69,9 @@ def test_logits_are_recognised_by_shape():
         logits = torch.ones(2, 2, 50)
         hidden = torch.ones(2, 2, 8)
     assert tracker.peak.breakdown == {"logits": 800, "activations": 128}
-    assert logits.shape[-1] == 50 and hidden.shape[-1] == 8
+    assert tracker.terms["logits"] == 800  # alive, under its term
+    del logits, hidden
+    assert tracker.terms["logits"] == 0 and tracker.current == 0
 
 
 def test_phases_gradients_and_optimizer_state():

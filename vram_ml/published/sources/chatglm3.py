@@ -159,6 +159,7 @@ def parse(text, *, repository, path, commit, commit_date, context):
                 model=MODEL, model_label="ChatGLM3-6B", method=method,
                 lora_rank=pc.get("r") if method == "lora" else None,
                 lora_alpha=pc.get("lora_alpha") if method == "lora" else None,
+                lora_dropout=pc.get("lora_dropout") if method == "lora" else None,
                 lora_target=pc.get("target_modules") if method == "lora" else None,
                 per_device_batch_size=ta.get("per_device_train_batch_size"),
                 seq_len=(mi + mo) if isinstance(mi, int) and isinstance(mo, int) else None,

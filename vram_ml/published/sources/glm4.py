@@ -189,6 +189,7 @@ def parse(text, *, repository, path, commit, commit_date, context):
                     model=mid, model_label=model_lab, method=method,
                     lora_rank=pc.get("r") if method == "lora" else None,
                     lora_alpha=pc.get("lora_alpha") if method == "lora" else None,
+                    lora_dropout=pc.get("lora_dropout") if method == "lora" else None,
                     lora_target=pc.get("target_modules") if method == "lora" else None,
                     trainable_vision=(False if vision and "Include EVA2CLIPModel" not in sol and
                                       "包含视觉模块" not in sol else (True if vision else None)),

@@ -200,7 +200,8 @@ def parse(text, *, repository, path, commit, commit_date, context):
             row["run"] = new_run(
                 model=model, model_label=f"Qwen-72B / {lab}", method="lora",
                 trainable_embeddings=emb, lora_rank=context.get("lora_r"),
-                lora_alpha=context.get("lora_alpha"), lora_target=context.get("lora_targets"),
+                lora_alpha=context.get("lora_alpha"), lora_dropout=context.get("lora_dropout"),
+                lora_target=context.get("lora_targets"),
                 per_device_batch_size=1, gradient_accumulation_steps=8, seq_len=None,
                 seq_len_semantics="not stated for the OOM runs",
                 precision="bf16" if s.get("bf16") else None,

@@ -100,6 +100,8 @@ def build_context(repo, commit, path, first_published=None, repo_files=None):
         ctx["lora_r"] = int(m.group(1)) if m else None
         m = re.search(r"lora_alpha: int = (\d+)", ft)
         ctx["lora_alpha"] = int(m.group(1)) if m else None
+        m = re.search(r"lora_dropout: float = ([\d.]+)", ft)
+        ctx["lora_dropout"] = float(m.group(1)) if m else None
         m = re.search(r"default_factory=lambda: (\[[^\]]*\])", ft)
         ctx["lora_targets"] = m.group(1) if m else None
         m = re.search(r'optim: str = field\(default="([^"]+)"\)', ft)
@@ -250,6 +252,7 @@ def _method_info(label, size, ctx, gpus):
     if run["method"] != "full":
         run["lora_rank"] = ctx.get("lora_r")
         run["lora_alpha"] = ctx.get("lora_alpha")
+        run["lora_dropout"] = ctx.get("lora_dropout")
         run["lora_target"] = ctx.get("lora_targets")
     stack = new_stack(trainer="hf_trainer", distributed=distributed, zero_stage=zero, offload=off,
                       evidence=[x for x in [ctx.get("ev", {}).get("trainer")] + stack_ev if x],

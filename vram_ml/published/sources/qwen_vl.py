@@ -42,6 +42,8 @@ def build_context(repo, commit, path, first_published=None):
     for k, pat in (("lora_r", r"lora_r: int = (\d+)"), ("lora_alpha", r"lora_alpha: int = (\d+)")):
         m = re.search(pat, ft)
         ctx[k] = int(m.group(1)) if m else None
+    m = re.search(r"lora_dropout: float = ([\d.]+)", ft)
+    ctx["lora_dropout"] = float(m.group(1)) if m else None
     m = re.search(r"default_factory=lambda: (\[[^\]]*\])", ft)
     ctx["lora_targets"] = m.group(1) if m else None
     m = re.search(r'optim: str = field\(default="([^"]+)"\)', ft)
@@ -202,6 +204,7 @@ def parse(text, *, repository, path, commit, commit_date, context):
                 quant_bits=4 if method == "qlora" else None,
                 quant_method="GPTQ int4 (GPTQConfig)" if method == "qlora" else None,
                 lora_rank=context.get("lora_r"), lora_alpha=context.get("lora_alpha"),
+                lora_dropout=context.get("lora_dropout"),
                 lora_target=context.get("lora_targets"), trainable_embeddings=emb,
                 trainable_vision=False if s.get("fix_vit") else None, per_device_batch_size=1,
                 gradient_accumulation_steps=8, seq_len=int(seq),

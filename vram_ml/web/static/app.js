@@ -140,7 +140,7 @@ function writeUrl() {
   if (mode === "yaml" && $("yaml").value) params.set("yaml", $("yaml").value);
   if ($("config-json").value) params.set("config_json", $("config-json").value);
   if ($("fit-card").value !== form.default_fit_card) params.set("card", $("fit-card").value);
-  if ($("target-batch").value !== "32") params.set("target_batch", $("target-batch").value);
+  if ($("target-batch").value) params.set("target_batch", $("target-batch").value);
   history.replaceState(null, "", "?" + params.toString());
 }
 
@@ -204,12 +204,13 @@ async function update() {
   const number = ++requestCounter;
   const body = specBody();
   const cards = form.cards.map((card) => card.key);
-  const target = Number($("target-batch").value) || 32;
+  const target = Number($("target-batch").value) || null;  // null: the run's own
   $("answer").classList.add("stale");
   try {
     const [prediction, fit, estimates] = await Promise.all([
       post("/api/predict", { ...body, cards }),
-      post("/api/fit", { ...body, card: $("fit-card").value, target_batch: target }),
+      post("/api/fit", { ...body, card: $("fit-card").value,
+                         ...(target ? { target_batch: target } : {}) }),
       post("/api/estimate", body),
     ]);
     if (number !== requestCounter) return;
@@ -284,7 +285,7 @@ function drawAccounting(p) {
 
 function drawFit(f) {
   const lines = [
-    `${f.fits ? "fits" : "does not fit"}: ${f.bound_name} ${gib(f.bound_vram_bytes)} GiB on ${gib(f.gpu_memory_bytes)} GiB`,
+    `${f.verdict}: ${f.bound_name} ${gib(f.bound_vram_bytes)} GiB on ${gib(f.gpu_memory_bytes)} GiB`,
     `largest batch size: ${f.max_batch_size ?? "none (not even 1)"} · largest cutoff: ${f.max_seq_len ?? "none"}`,
     `for an effective batch of ${f.target_effective_batch}: batch ${f.batch_size} × accumulation ${f.gradient_accumulation}` +
       ` (= ${f.effective_batch})`,

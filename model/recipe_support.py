@@ -1,0 +1,27 @@
+"""What the recipe (model/recipe/) builds, in pure Python: the specs it refuses, and why.
+
+The recipe raises these reasons when asked to build such a spec; `fit` asks here (without
+importing torch) before it proposes a change, and says "unmeasured" when the change leads to a
+spec no micro-training can measure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vram_ml.spec import Spec
+
+SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "gemma3",
+                  "mistral3")
+
+
+def recipe_refusal(spec: Spec) -> str:
+    """Why the recipe cannot build `spec` (one line), or "" when it can."""
+    if spec.liger_kernel:
+        return "liger_kernel: Liger kernels are not part of this recipe"
+    shape = spec.resolved_model.shape
+    if shape.is_multimodal and shape.model_type not in SUPPORTED_VLMS:
+        return (f"model: vision-language family {shape.model_type!r} is not in the recipe "
+                f"(supported: {', '.join(SUPPORTED_VLMS)})")
+    return ""
