@@ -44,6 +44,9 @@ def image_geometry(spec: Spec) -> ImageGeometry:
     and a break (the last an end token): n (n + 1) tokens (processing_pixtral.py); Idefics3: one
     tile per `image_size` square + a global view; Gemma 3: `mm_tokens_per_image` pooled tokens
     between <boi> and <eoi>, each block wrapped in two newline tokens (processing_gemma3.py);
+    Llama 4: n x n tiles of `image_size` (n = ceil(side / tile) up to 4, max_patches 16) and a
+    global view when n > 1, each pixel-shuffled to a fixed count, with n^2 separators and
+    <|image_start|>, <|image|>, <|image_end|> (processing_llama4.py _prompt_split_image);
     fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
     v = spec.resolved_model.shape.vision
     if v.image_rule == "pixtral":
@@ -55,6 +58,13 @@ def image_geometry(spec: Spec) -> ImageGeometry:
     if v.kind == "gemma3":
         return ImageGeometry(v.fixed_image_tokens + 4, v.encoder_tokens_per_image,
                              v.fixed_image_tokens, v.image_size // v.patch_size)
+    if v.image_rule == "llama4":  # a square image: the smallest n x n canvas of tiles, n <= 4
+        side = min(4, max(1, ceil(spec.image_resolution / v.image_size)))
+        tiles = side * side + (1 if side > 1 else 0)  # + the global view
+        features = tiles * v.fixed_image_tokens
+        separators = side * side if side > 1 else 0  # tile_x / tile_y separators
+        return ImageGeometry(features + separators + 3, tiles * v.encoder_tokens_per_image,
+                             features)
     if v.dynamic_resolution:
         factor = v.patch_size * v.spatial_merge_size
         side = max(factor, round(spec.image_resolution / factor) * factor)
@@ -87,7 +97,8 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
     core += 2 * (h // heads) * 4 if qwen and not frozen else 0
     gated, tanh_gelu = 3 * dt.compute, dt.compute  # SwiGLU; F.gelu keeps its input
     act = {"qwen2_5_vl": gated, "glm4v": gated, "pixtral": gated, "siglip": tanh_gelu,
-           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu, "qwen_vl": tanh_gelu}.get(
+           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu, "qwen_vl": tanh_gelu,
+           "llama4": tanh_gelu}.get(
         v.kind, activation_bytes("quick_gelu", dt))
     # the linears' inputs, kept for their weights' (or LoRA's) gradients: none when frozen
     inputs = 0 if frozen else (3 * h + inter) * dt.compute

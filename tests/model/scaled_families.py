@@ -33,6 +33,7 @@ SCALED: dict[str, tuple[str, dict[str, int | float]]] = {
     "llama4": ("meta-llama/Llama-4-Maverick-17B-128E-Instruct", {
         "num_hidden_layers": 2, **_NARROW, "intermediate_size": 1024,
         "intermediate_size_mlp": 2048, "num_local_experts": 4}),
+    "qwen3": ("Qwen/Qwen3-32B", {"num_hidden_layers": 2, **_NARROW, "intermediate_size": 2048}),
     "gemma3_text": ("google/gemma-3-1b-it", {"num_hidden_layers": 2, "vocab_size": 4096,
                                             "sliding_window": 256}),
     "olmo2": ("allenai/OLMo-2-1124-7B", {"num_hidden_layers": 2, **_NARROW,

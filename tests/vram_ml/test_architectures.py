@@ -203,6 +203,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "qwen3-vl-defaults": {"model_type": "qwen3_vl"},
     "qwen3-vl-moe-defaults": {"model_type": "qwen3_vl_moe"},
     "glm4v-defaults": {"model_type": "glm4v"},
+    "llama4-defaults": {"model_type": "llama4"},
+    "llama4-tiny-vision": {
+        "model_type": "llama4", "text_config": {
+            "model_type": "llama4_text", **TINY, "num_key_value_heads": 2, "head_dim": 16,
+            "num_local_experts": 4, "intermediate_size_mlp": 80, "interleave_moe_layer_step": 2},
+        "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                          "intermediate_size": 128, "image_size": 56, "patch_size": 14,
+                          "vision_output_dim": 64, "projector_input_dim": 64,
+                          "projector_output_dim": 64}},
 }
 
 

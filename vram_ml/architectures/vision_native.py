@@ -188,3 +188,39 @@ def glm4v(config: Mapping[str, Any]) -> ModelShape:
         dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block,
         hooked_when_checkpointed=False), notes=notes)
 
+
+
+# Llama4VisionConfig's defaults (configuration_llama4.py), parameter-relevant keys only
+_LLAMA4_VISION = {"hidden_size": 768, "num_hidden_layers": 34, "num_attention_heads": 16,
+                  "num_channels": 3, "intermediate_size": 5632, "vision_output_dim": 7680,
+                  "image_size": 448, "patch_size": 14, "pixel_shuffle_ratio": 0.5,
+                  "projector_input_dim": 4096, "projector_output_dim": 4096}
+
+
+@register("llama4", vision=True)
+def llama4(config: Mapping[str, Any]) -> ModelShape:
+    """Llama 4 (Scout, Maverick) as its config.json ships it (modeling_llama4.py): the
+    llama4_text model; a ViT of an unfold + bias-free patch linear, class token, learned
+    positions, pre / post LayerNorms and LayerNorm blocks (biased q/k/v/o, GELU fc1/fc2); inside
+    the tower a pixel-shuffle MLP (two bias-free linears); one bias-free projector linear.
+    Llama4Config does not tie the head. Images become `image_size` tiles (image_geometry)."""
+    text = shape_from_config(_sub(config, "text_config", "llama4_text"))
+    v = {**_LLAMA4_VISION, **_sub(config, "vision_config", "llama4_vision_model")}
+    h, inter, p = v["hidden_size"], v["intermediate_size"], v["patch_size"]
+    positions = (v["image_size"] // p) ** 2 + 1
+    layer = qkvo(h, 1, 1, h, True, True) + (LinearShape("fc1", h, inter, True),
+                                             LinearShape("fc2", inter, h, True))
+    block = sum(lin.params for lin in layer) + 4 * h
+    adapter = inter * v["projector_input_dim"] + v["projector_output_dim"] ** 2
+    tower = (v["num_channels"] * p * p * h + h + positions * h + 4 * h
+             + v["num_hidden_layers"] * block + adapter)
+    ratio = v["pixel_shuffle_ratio"]
+    per_tile = int((positions - 1) * ratio * ratio)
+    return _with_vision(text, config, _tied(config, False), VisionShape(
+        kind="llama4", num_layers=v["num_hidden_layers"], hidden_size=h, intermediate_size=inter,
+        num_attention_heads=v["num_attention_heads"], patch_size=p, image_size=v["image_size"],
+        tower_params=tower, projector_params=v["vision_output_dim"] * text.hidden_size,
+        fixed_image_tokens=per_tile, encoder_tokens_per_image=positions, image_rule="llama4",
+        layer_linears=layer, layer_params=block), notes=(
+        f"an image is split into up to 4 x 4 {v['image_size']}-px tiles plus one global view "
+        f"(processor default max_patches 16); each adds {per_tile} tokens",))

@@ -3,9 +3,11 @@ simulation of the real training step (tests/model/scaled_families.py has the sca
 models): LoRA on all linears, bf16 autocast, with and without gradient checkpointing, the
 allocated peak within 5%. Vision-language families run one 896 px image.
 
-The simulations take 5-25 s each on two cores: the grid is in the slow tier
-(`pytest -m slow tests/model/formulas/test_families.py`); the default tier checks that every
-scaled model estimates and that the formulas' terms move the way their physics says.
+The simulations take 1-5 s each on two cores: six cases (one of each kind of physics) are in the
+default tier, the rest of the grid in the slow tier (`pytest -m slow
+tests/model/formulas/test_families.py`); the default tier also checks that every scaled model
+estimates and that the formulas' terms move the way their physics says. The figures:
+`scripts/family_agreement.py`.
 """
 
 from __future__ import annotations
@@ -78,9 +80,15 @@ def test_qwen3_vl_tower_stays_out_of_the_graph_when_frozen():
     assert vision_activation_bytes(spec, Dtypes.of(spec)) == pixel_bytes(spec)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("checkpointing", [True, False])
-@pytest.mark.parametrize("family", sorted({**SCALED, **SCALED_VLM}))
+# The default tier's share of the grid (about 1-2 s a case): one of each kind of physics
+DEFAULT_TIER = {("deepseek_v3", False), ("gpt_oss", False), ("llama4", False),
+                ("qwen3_moe", True), ("gemma3", False), ("mistral3", True)}
+
+
+@pytest.mark.parametrize("family, checkpointing", [
+    pytest.param(family, checkpointing,
+                 marks=[] if (family, checkpointing) in DEFAULT_TIER else [pytest.mark.slow])
+    for family in sorted({**SCALED, **SCALED_VLM}) for checkpointing in (True, False)])
 def test_analytical_agrees_with_the_simulated_step(family, checkpointing):
     simulate = pytest.importorskip("vram_ml.model.simulate.estimator").simulate
     spec = _spec(family, checkpointing)
@@ -107,3 +115,33 @@ def test_image_tokens_follow_each_processor(model, resolution, expected):
                       seq_len=4096, precision="bf16")
     geometry = image_geometry(spec)
     assert (geometry.lm_tokens, geometry.encoder_tokens, geometry.placeholder_tokens) == expected
+
+
+@pytest.mark.parametrize("resolution, expected", [
+    (300, (3 + 144, 577, 144)),  # one 336-px tile: <|image_start|> <|image|> 144 <|image_end|>
+    # 2 x 2 tiles + the global view: 5 x 144 features, 4 separators; 577 patches (+ class) each
+    (672, (5 * 144 + 4 + 3, 5 * 577, 5 * 144)),
+    (5000, (17 * 144 + 16 + 3, 17 * 577, 17 * 144)),  # capped at 4 x 4 tiles (max_patches 16)
+])
+def test_llama4_images_are_tiles(tmp_path, resolution, expected):
+    """A Llama 4 config.json as shipped (model_type llama4, with its vision_config) predicts:
+    the tower and projector are counted and an image is tiles (processing_llama4.py)."""
+    import json
+
+    from vram_ml.model.formulas.vision import image_geometry
+    from vram_ml.model.recipe_support import recipe_refusal
+
+    path = tmp_path / "config.json"
+    vision = {"hidden_size": 1408, "num_hidden_layers": 34, "num_attention_heads": 16,
+              "intermediate_size": 5632, "image_size": 336, "patch_size": 14,
+              "vision_output_dim": 4096, "projector_input_dim": 4096,
+              "projector_output_dim": 4096}
+    path.write_text(json.dumps({"model_type": "llama4", "vision_config": vision,
+                                "text_config": {"num_hidden_layers": 4, "hidden_size": 5120}}))
+    spec = build_spec(model=str(path), images_per_sample=1, image_resolution=resolution,
+                      seq_len=4096, precision="bf16")
+    geometry = image_geometry(spec)
+    assert (geometry.lm_tokens, geometry.encoder_tokens, geometry.placeholder_tokens) == expected
+    assert analyse(spec).peak_tensor_bytes > analyse(spec.model_copy(
+        update={"images_per_sample": 0})).peak_tensor_bytes
+    assert "llama4" in recipe_refusal(spec)  # simulate and the agent refuse it in one line
