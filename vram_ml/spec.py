@@ -30,9 +30,10 @@ Method = Literal["full", "freeze", "lora", "qlora"]
 # (peft's adapters aside), so pure_bf16 and no_amp train the same way there.
 Precision = Literal["bf16", "fp16", "pure_bf16", "fp32", "no_amp"]
 Attention = Literal["eager", "sdpa", "flash_attention_2"]
-# llamafactory: llamafactory-cli train; trl: Hugging Face Trainer / TRL SFTTrainer + peft
+# llamafactory: llamafactory-cli train; trl: Hugging Face Trainer / TRL SFTTrainer + peft;
+# hf_trainer: the Hugging Face Trainer + peft without TRL (a model's own finetune.py)
 # (vram_ml/stack.py; what each does to memory: model/formulas/stack.py).
-Framework = Literal["llamafactory", "trl"]
+Framework = Literal["llamafactory", "trl", "hf_trainer"]
 SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
 # 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
 # Fields renamed to LLaMA-Factory's names (old name -> new name; the boolean is inverted). A rename
@@ -134,9 +135,9 @@ class Spec(BaseModel):
             raise ValueError("precision: pure_bf16 is incompatible with ZeRO-3 (LLaMA-Factory)")
         if self.method == "qlora" and self.zero_stage == 3:
             raise ValueError("zero_stage: bitsandbytes QLoRA with ZeRO-3 is not modelled")
-        if self.framework == "trl" and self.method == "freeze":
-            raise ValueError("method: freeze tuning is LLaMA-Factory's; trl trains full, lora "
-                             "or qlora")
+        if self.framework != "llamafactory" and self.method == "freeze":
+            raise ValueError(f"method: freeze tuning is LLaMA-Factory's; {self.framework} trains "
+                             "full, lora or qlora")
         self._check_model()
         return self
 

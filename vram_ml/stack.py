@@ -15,15 +15,17 @@ Version = tuple[int, int, int]
 FRAMEWORKS = {
     "llamafactory": "LLaMA-Factory 0.9.5 (llamafactory-cli train)",
     "trl": "Hugging Face Trainer / TRL SFTTrainer + peft",
+    "hf_trainer": "Hugging Face Trainer + peft, no TRL (a model's own finetune.py)",
 }
 LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
 
 # [lowest, first unsupported): the versions whose memory-relevant code was read. transformers:
-# 4.39.3, 4.45.2, 4.48, 4.52.4, 4.57.6, 5.0.0, 5.3.0, 5.4.0, 5.6, 5.24.0 (newest on PyPI);
-# peft: 0.11.1 through 0.21.2; trl: 0.9.6 through 0.26.0; bitsandbytes: 0.43 through 0.50.2.
+# 4.32.0, 4.39.3, 4.45.2, 4.48, 4.52.4, 4.57.6, 5.0.0, 5.3.0, 5.4.0, 5.6, 5.24.0 (newest on
+# PyPI); peft: 0.7.1, 0.11.1 through 0.21.2; trl: 0.9.6 through 0.26.0; bitsandbytes: 0.43
+# through 0.50.2. (4.32.0 and 0.7.1 behave as the oldest rules say: model/formulas/stack.py.)
 SUPPORTED: dict[str, tuple[Version, Version]] = {
-    "transformers": ((4, 39, 0), (5, 25, 0)),
-    "peft": ((0, 11, 0), (0, 22, 0)),
+    "transformers": ((4, 32, 0), (5, 25, 0)),
+    "peft": ((0, 7, 0), (0, 22, 0)),
     "trl": ((0, 9, 6), (0, 27, 0)),
     "bitsandbytes": ((0, 43, 0), (0, 51, 0)),
 }
@@ -36,6 +38,7 @@ FRAMEWORK_SUPPORTED: dict[str, dict[str, tuple[Version, Version]]] = {
         "trl": ((0, 18, 0), (0, 24, 1)),
     },
     "trl": {},
+    "hf_trainer": {},
 }
 
 _RELEASE = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[.+\-]?[A-Za-z0-9.+\-]*)?$")

@@ -78,10 +78,11 @@ class Dtypes:
         rules = StackRules.of(spec)
         adapters = spec.method in ("lora", "qlora")
         if not rules.llamafactory:
-            # TRL: nothing upcast but the adapters (peft) and, under QLoRA, the norms, whose
-            # fp32 outputs turn the residual stream fp32 (StackRules.norms_fp32; 8-bit under
-            # peft's prepare: the embeddings too). Autocast only with the bf16 / fp16 flags
-            # (pure_bf16 and no_amp: a half-precision model trained as loaded).
+            # TRL / the plain Trainer: nothing upcast but the adapters (peft) and, under
+            # QLoRA, the norms, whose fp32 outputs turn the residual stream fp32
+            # (StackRules.norms_fp32; 8-bit under peft's prepare: the embeddings too).
+            # Autocast only with the bf16 / fp16 flags (pure_bf16 and no_amp: a
+            # half-precision model trained as loaded).
             trainable = (4 if rules.fp32_adapters else 2) if adapters else 2
             norm = rules.frozen_bytes("norm", 2)
             hidden = max(norm, rules.frozen_bytes("embedding", 2))

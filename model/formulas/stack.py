@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 LLAMAFACTORY_PAD_MULTIPLE = 8
 # Bytes per logit of transformers' causal-LM loss under autocast (bf16 logits, fp32 loss):
 # the fp32 upcast and log-softmax output (its saved tensor) beside the half logits. <= 4.45 the
-# model upcasts in forward and frees the half logits (modeling_llama.py:1216 in 4.39.3, 1219 in
-# 4.45.2); 4.46-4.48 ForCausalLMLoss upcasts them (loss/loss_utils.py:36 in 4.48.1). Both make
-# `shift_logits = logits[..., :-1, :].contiguous()`, a second fp32 copy (4.39.3
+# model upcasts in forward and frees the half logits (modeling_llama.py:828 in 4.32.0, 1216 in
+# 4.39.3, 1219 in 4.45.2); 4.46-4.48 ForCausalLMLoss upcasts them (loss/loss_utils.py:36 in
+# 4.48.1). Both make `shift_logits = logits[..., :-1, :].contiguous()`, a second fp32 copy (4.39.3
 # modeling_llama.py:1221; 4.48.1 loss_utils.py:39); >= 4.49 shifts the labels instead
 # (loss_utils.py:55-59 in 4.57.6).
 SHIFTED_COPY_UNTIL: Version = (4, 49, 0)
@@ -56,8 +56,9 @@ ENTROPY_CHUNK_ROWS = 128
 # trl@v0.9.6:trl/trainer/sft_trainer.py:229-240).
 TRL_OWN_KBIT_PREPARE_FROM: Version = (0, 25, 0)
 # peft@v0.12.0:src/peft/tuners/tuners_utils.py:316-350 `_cast_adapter_dtype`: fp16/bf16 adapter
-# weights to fp32 (autocast_adapter_dtype=True, the default). peft 0.11 creates them in the base
-# weight's dtype when it is floating (peft@v0.11.1:src/peft/tuners/lora/layer.py:128-129).
+# weights to fp32 (autocast_adapter_dtype=True, the default). peft 0.7-0.11 create them in the
+# base weight's dtype when it is floating (peft@v0.11.1:src/peft/tuners/lora/layer.py:128-129;
+# v0.7.1 lora/layer.py:99-100).
 ADAPTER_FP32_FROM: Version = (0, 12, 0)
 # transformers 5.0: MoE experts as fused 3-D nn.Parameters (v5.0.0 models/mixtral/
 # modeling_mixtral.py:62-126, MixtralExperts / MixtralTopKRouter); 4.x: one nn.Linear per
@@ -100,6 +101,11 @@ class StackRules:
     def llamafactory(self) -> bool:
         return self.framework == "llamafactory"
 
+    @property
+    def uses_trl(self) -> bool:
+        """TRL's SFTTrainer wraps the step (framework trl); hf_trainer is the plain Trainer."""
+        return self.framework == "trl"
+
     # --- sequence --------------------------------------------------------------------------
 
     def padded_seq_len(self, seq_len: int) -> int:
@@ -129,16 +135,19 @@ class StackRules:
 
     @property
     def peft_kbit_prepare(self) -> bool:
-        """peft's prepare_model_for_kbit_training runs: TRL < 0.25 on a bitsandbytes model.
+        """peft's prepare_model_for_kbit_training runs: TRL < 0.25 on a bitsandbytes model, and
+        the plain Trainer's scripts call it themselves (Qwen@2df8e8a finetune.py:344-347).
         It casts every fp16/bf16 parameter that is not Params4bit to fp32
-        (peft@v0.18.1:src/peft/utils/other.py:170-175; the same loop in 0.11.1-0.21.2).
-        LLaMA-Factory 0.9.5 never calls it (no call in src/)."""
-        return (not self.llamafactory and self.method == "qlora"
-                and self.trl < TRL_OWN_KBIT_PREPARE_FROM)
+        (peft@v0.18.1:src/peft/utils/other.py:170-175; the same loop in 0.7.1 other.py:100-103
+        and 0.11.1-0.21.2). LLaMA-Factory 0.9.5 never calls it (no call in src/)."""
+        if self.llamafactory or self.method != "qlora":
+            return False
+        return not self.uses_trl or self.trl < TRL_OWN_KBIT_PREPARE_FROM
 
     @property
     def norms_fp32(self) -> bool:
-        """Frozen norm weights in fp32 under QLoRA: every TRL path (peft's prepare; TRL >= 0.25's
+        """Frozen norm weights in fp32 under QLoRA: every TRL and plain-Trainer path (peft's
+        prepare; TRL >= 0.25's
         own, "norm" parameters only; then peft_module_casting_to_bf16 sends modules named "norm"
         to fp32, trl@v0.24.0:trl/models/utils.py:503-510). LLaMA-Factory: only with
         `upcast_layernorm` (default False, hparams/model_args.py:153)."""
@@ -148,7 +157,7 @@ class StackRules:
     def bf16_recast(self) -> bool:
         """TRL's peft_module_casting_to_bf16 after get_peft_model, for 4-bit with bf16: the
         embeddings and lm_head go back to bf16 (trl@v0.24.0:trl/models/utils.py:559-561)."""
-        return self.quant_bits == 4 and self.precision == "bf16"
+        return self.uses_trl and self.quant_bits == 4 and self.precision == "bf16"
 
     def frozen_bytes(self, kind: str, compute: int) -> int:
         """Bytes per element of a frozen, unquantized parameter of `kind` under this stack:
@@ -196,7 +205,7 @@ class StackRules:
     @property
     def trl_accuracy(self) -> bool:
         """TRL_ACCURACY_FROM: TRL's compute_loss keeps fp32 logits and a shifted copy."""
-        return not self.llamafactory and self.trl >= TRL_ACCURACY_FROM
+        return self.uses_trl and self.trl >= TRL_ACCURACY_FROM
 
     # --- gradient checkpointing ------------------------------------------------------------
 

@@ -50,7 +50,8 @@ def stack_notes(spec: Spec, shape: ModelShape, dt: Dtypes, padded: int) -> list[
                      "adamw_torch (foreach): its step holds a copy of every trainable state "
                      "(adamw_torch_fused from 4.54 holds none)")
     if spec.method == "full" and not rules.llamafactory and spec.precision in ("bf16", "fp16"):
-        notes.append("trl trains the half-precision weights as loaded, with no fp32 copy "
+        notes.append(f"{spec.framework} trains the half-precision weights as loaded, with no "
+                     "fp32 copy "
                      "(llamafactory upcasts them: 16 instead of 8 bytes per parameter)")
     if not rules.fp32_adapters and spec.method == "lora":
         notes.append(f"peft {spec.peft_version} keeps LoRA adapters in the base weights' dtype "

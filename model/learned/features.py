@@ -98,6 +98,16 @@ SPEC_FEATURES = (
     *(f"framework_{name}" for name in FRAMEWORKS),
     *(f"{library}_{part}" for library in STACK_LIBRARIES for part in ("major", "minor")),
 )
+# Features that grow with the model or the batch. Trees cannot extrapolate them (a 10x larger
+# model lands in the largest trained model's leaf); they stay because, trained on models up to
+# 7.5B and tested on Llama-2-70B, the residual is closer with them than without
+# (tests/model/learned/test_scale_extrapolation.py).
+RAW_SCALE_FEATURES = (
+    *(name for name in SHAPE_FEATURES if name not in ("num_experts", "num_experts_per_tok",
+                                                      "tie_word_embeddings")),
+    "trainable_params", "frozen_params", "tokens_per_step", "vision_tokens_per_step",
+    "attention_scores_per_step", "logits_elements_per_step",
+)
 # The analytical answer: its peak (log: the residual's base), the reserved and allocated shares,
 # and the peak moment's composition. (`analytical_terms`, every term at its own moment, would cost
 # a second analytical pass per spec: prediction speed comes first; tokens, scores and logits

@@ -114,7 +114,12 @@ def add_lora(model: nn.Module, spec: Spec) -> nn.Module:
         target_modules=targets,
         task_type=peft.TaskType.CAUSAL_LM,
     )
-    return peft.get_peft_model(model, config)
+    from vram_ml.model.formulas.stack import StackRules
+
+    # peft < 0.12 leaves the adapters in the base weights' dtype: the installed peft does the
+    # same when told not to upcast them (StackRules.fp32_adapters).
+    return peft.get_peft_model(model, config,
+                               autocast_adapter_dtype=StackRules.of(spec).fp32_adapters)
 
 
 def quantize_linears(model: nn.Module, spec: Spec, device: torch.device) -> None:

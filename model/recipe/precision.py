@@ -23,8 +23,8 @@ def autocast_dtype(spec: Spec) -> torch.dtype | None:
 
 def trainable_dtype(spec: Spec) -> torch.dtype:
     """The dtype base parameters train in: LLaMA-Factory upcasts them to fp32 unless pure bf16;
-    TRL trains them in their load dtype (StackRules.fp32_trainable). LoRA adapters are fp32 in
-    both: peft casts them (StackRules.fp32_adapters)."""
+    TRL trains them in their load dtype (StackRules.fp32_trainable). LoRA adapters are fp32
+    where peft casts them (StackRules.fp32_adapters, methods.add_lora)."""
     from vram_ml.model.formulas.stack import StackRules
 
     if StackRules.of(spec).fp32_trainable:

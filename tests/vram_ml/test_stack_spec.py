@@ -33,14 +33,14 @@ def test_versions_are_release_numbers():
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(framework="axolotl"), "framework: Input should be 'llamafactory' or 'trl'"),
+    (dict(framework="axolotl"), "framework: Input should be 'llamafactory', 'trl' or 'hf_trainer'"),
     (dict(framework="trl", transformers_version="4.30.1"),
-     "transformers_version: 4.30.1 is not supported (supported: transformers 4.39.0–5.24.x)"),
+     "transformers_version: 4.30.1 is not supported (supported: transformers 4.32.0–5.24.x)"),
     (dict(transformers_version="4.48.1"),
      "transformers_version: 4.48.1 is not supported under llamafactory (supported: "
      "transformers 4.55.0–5.6.0)"),
     (dict(peft_version="0.21.2"), "peft 0.18.0–0.20.0"),
-    (dict(framework="trl", peft_version="0.9.0"), "peft 0.11.0–0.21.x"),
+    (dict(framework="trl", peft_version="0.6.2"), "peft 0.7.0–0.21.x"),
     (dict(framework="trl", trl_version="1.2.0"), "trl 0.9.6–0.26.x"),
     (dict(bitsandbytes_version="0.42.0"), "bitsandbytes 0.43.0–0.50.x"),
     (dict(trl_version="latest"), "trl_version: 'latest' is not a version"),

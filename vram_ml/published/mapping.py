@@ -134,9 +134,23 @@ def apply_request(row: dict[str, Any], request: SpecRequest, run: dict[str, Any]
     row["unmapped_reason"] = ""
 
 
+def stack_versions_used(spec: Spec) -> list[str]:
+    """The version fields whose library this run's stack loads (peft only with adapters, TRL
+    only under framework trl, bitsandbytes only when quantizing)."""
+    used = ["transformers_version"]
+    if spec.method in ("lora", "qlora"):
+        used.append("peft_version")
+    if spec.framework == "trl":
+        used.append("trl_version")
+    if spec.method == "qlora":
+        used.append("bitsandbytes_version")
+    return used
+
+
 def default_assumptions(spec: Spec, given: dict[str, Any], multimodal: bool) -> list[str]:
     """'field=value: ...' for every memory-relevant Spec field the source left to the default."""
-    relevant = list(ALWAYS_RELEVANT) + list(METHOD_FIELDS.get(spec.method, ()))
+    relevant = (list(ALWAYS_RELEVANT) + list(METHOD_FIELDS.get(spec.method, ()))
+                + stack_versions_used(spec))
     if multimodal:
         relevant += list(IMAGE_FIELDS)
     notes = []

@@ -12,7 +12,13 @@ from vram_ml.published.model_ids import catalog_entry
 from vram_ml.published.requirement_pins import exact_version
 
 VERSION_FIELDS = ("torch", "transformers", "peft", "trl", "bitsandbytes")
-FRAMEWORK_OF_TRAINER = {"llamafactory": "llamafactory"}  # every other trainer: trl (see below)
+# The first word of a row's `trainer`; every other trainer (trl_sft, axolotl) runs TRL's
+# SFTTrainer: framework trl.
+FRAMEWORK_OF_TRAINER = {"llamafactory": "llamafactory", "hf_trainer": "hf_trainer",
+                        "custom_loop": "hf_trainer"}
+CUSTOM_LOOP_NOTE = ("its loop (model(**batch), loss, backward) is modelled as the "
+                    "plain Trainer's step: no TRL metrics; the loop's `outputs` staying alive "
+                    "through backward is not modelled")
 
 
 def as_int(value: Any) -> int | None:
@@ -53,6 +59,8 @@ def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str |
     trainer = row.get("trainer") or ""
     framework = FRAMEWORK_OF_TRAINER.get(trainer.split(" ")[0], "trl")
     request.wanted["framework"] = framework
+    if trainer.startswith("custom_loop"):
+        framework_note = "; ".join(filter(None, (framework_note, CUSTOM_LOOP_NOTE)))
     if framework_note:
         request.assumptions.append(f"framework={framework}: {framework_note}")
     for library in VERSION_FIELDS:

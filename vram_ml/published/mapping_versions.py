@@ -5,7 +5,8 @@ Spec left to its defaults would claim the newest LLaMA-Factory stack for a run m
 earlier. So a row without exact pins takes, in this order, and says so in its assumptions:
 1. the versions of the same source's nearest pinned row: the first one published after it (what
    the benchmark's environment was when the source first wrote its pins down), else the last
-   one before it;
+   one before it; a library that row leaves open, but this row states a range for, is the
+   newest release before this row's commit that the range allows;
 2. for a source whose numbers first appeared in the commit the row names (`DATED_BY_COMMIT`: a
    benchmark file added with its numbers), per library, the newest release published before
    that commit that the source's stated range allows (release dates from PyPI,
@@ -44,6 +45,7 @@ def fill_missing_versions(rows: list[dict[str, Any]],
         nearest = _nearest(pinned.get(row["source"], []), row["commit_date"] or "")
         if nearest is not None:
             _assume_from_row(row, nearest)
+            _assume_stated_ranges(row)
         elif row["source"] in DATED_BY_COMMIT and row.get("commit_date"):
             _assume_from_release_dates(row)
         else:
@@ -59,6 +61,25 @@ def _assume_from_row(row: dict[str, Any], nearest: dict[str, Any]) -> None:
     row["_version_assumption"] = (
         f"library versions ({versions}): this file version pins none; the source's nearest "
         f"pinned row, {nearest['path']}@{nearest['commit'][:7]} ({nearest['commit_date'][:10]})")
+
+
+def _assume_stated_ranges(row: dict[str, Any]) -> None:
+    """A library the pinned row leaves open but this row states a range for (Qwen's README:
+    `pip install "peft<0.8.0"`): the newest release before this row's commit in that range."""
+    from vram_ml.published.release_dates import release_dates
+
+    chosen = []
+    for library in VERSION_FIELDS:
+        stated = (row.get(f"{library}_version") or "").strip()
+        if row.get(f"_assumed_{library}_version") or not stated:
+            continue
+        version = newest_before(library, row["commit_date"], stated, release_dates())
+        if version:
+            row[f"_assumed_{library}_version"] = version
+            chosen.append(f"{library} {version} (the newest PyPI release before "
+                          f"{row['commit_date'][:10]} that {stated!r} allows)")
+    if chosen:
+        row["_version_assumption"] += "; " + ", ".join(chosen)
 
 
 def _assume_from_release_dates(row: dict[str, Any]) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from vram_ml.model.recipe.frameworks import llamafactory, trl
+from vram_ml.model.recipe.frameworks import hf_trainer, llamafactory, trl
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
-FRAMEWORKS: dict[str, ModuleType] = {"llamafactory": llamafactory, "trl": trl}
+FRAMEWORKS: dict[str, ModuleType] = {
+    "llamafactory": llamafactory, "trl": trl, "hf_trainer": hf_trainer}
 
 
 def framework_for(spec: Spec) -> ModuleType:

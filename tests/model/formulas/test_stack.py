@@ -57,6 +57,30 @@ def test_trl_8bit_keeps_embeddings_fp32_until_trl_025():
     assert not StackRules.of(new).peft_kbit_prepare and StackRules.of(old).peft_kbit_prepare
 
 
+def test_plain_trainer_keeps_4bit_embeddings_fp32_and_computes_no_trl_metrics():
+    """hf_trainer (Qwen's finetune.py): peft's prepare at any trl_version, no TRL recast to
+    bf16, no token accuracy on kept fp32 logits: more weights, fewer logits than TRL 0.24."""
+    plain, trl = qlora(framework="hf_trainer"), qlora(framework="trl")
+    shape = plain.shape
+    embedding = shape.embedding_params + shape.lm_head_params
+    assert breakdown(plain)["weights"] - breakdown(trl)["weights"] == embedding * 2
+    assert StackRules.of(qlora(framework="hf_trainer", trl_version="0.26.0")).peft_kbit_prepare
+    assert StackRules.of(trl).trl_accuracy and not StackRules.of(plain).trl_accuracy
+
+
+def test_transformers_4_32_and_peft_0_7_follow_the_oldest_rules():
+    """Qwen's pins (transformers 4.32.0, peft < 0.8): the model upcasts the logits itself and
+    shifts a contiguous copy, checkpointing is reentrant, adapters stay in the base dtype."""
+    old = build_spec(model=LLAMA3, framework="hf_trainer", transformers_version="4.32.0",
+                     peft_version="0.7.1", method="lora", batch_size=1, seq_len=512)
+    rules = StackRules.of(old)
+    assert rules.shifted_logits_copy and rules.reentrant_checkpoint
+    assert not rules.fp32_adapters
+    assert old.optimizer == "adamw_torch"
+    with pytest.raises(ValueError, match="supported: transformers 4.32.0"):
+        build_spec(model=LLAMA3, transformers_version="4.31.0", framework="hf_trainer")
+
+
 def test_mixtral_qlora_moves_by_the_expert_weights_between_transformers_4_and_5():
     """4.x: each expert an nn.Linear, quantized to 4 bits; 5.x: fused 3-D parameters that
     bitsandbytes leaves in bf16."""
@@ -175,6 +199,10 @@ ACTIVATION_HEAVY = {"vocab_size": 200, "hidden_size": 128, "intermediate_size": 
                                         gradient_checkpointing=False), id="lf-qlora-nockpt"),
     pytest.param(ACTIVATION_HEAVY, dict(framework="trl", method="full",
                                         gradient_checkpointing=False), id="trl-full-nockpt"),
+    pytest.param({}, dict(framework="hf_trainer", method="qlora", quant_bits=4), id="hf-qlora"),
+    pytest.param(ACTIVATION_HEAVY, dict(framework="hf_trainer", method="lora",
+                                        transformers_version="4.32.0", peft_version="0.7.1",
+                                        gradient_checkpointing=False), id="hf-4.32-lora"),
 ])
 def test_analytical_follows_the_recipe_under_both_frameworks(overrides, fields):
     """The closed form and the fake-tensor step of the same recipe, per framework."""

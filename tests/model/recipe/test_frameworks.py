@@ -54,6 +54,14 @@ def _dtypes(model) -> dict[str, set[torch.dtype]]:
     (dict(framework="trl", trl_version="0.25.1", method="qlora", quant_bits=8),
      {"norm": torch.float32, "embedding": torch.bfloat16, "head": torch.bfloat16,
       "adapter": torch.float32}),
+    # the plain Trainer (Qwen's finetune.py): peft's prepare and no TRL recast, 4-bit too
+    (dict(framework="hf_trainer", method="qlora", quant_bits=4),
+     {"norm": torch.float32, "embedding": torch.float32, "head": torch.float32,
+      "adapter": torch.float32}),
+    # peft 0.7 (Qwen's pin): adapters in the base weights' dtype
+    (dict(framework="hf_trainer", method="lora", transformers_version="4.32.0",
+          peft_version="0.7.1"),
+     {"norm": torch.bfloat16, "embedding": torch.bfloat16, "adapter": torch.bfloat16}),
     # TRL trains a full model in its load dtype
     (dict(framework="trl", method="full"),
      {"norm": torch.bfloat16, "embedding": torch.bfloat16, "head": torch.bfloat16,
@@ -157,4 +165,5 @@ def test_trl_step_keeps_fp32_logits_for_its_metrics(monkeypatch):
     assert seen == [torch.float32]  # one micro-batch
     _one_step(tiny_spec(framework="trl", trl_version="0.15.2"))
     _one_step(tiny_spec(framework="llamafactory"))
+    _one_step(tiny_spec(framework="hf_trainer"))  # the plain Trainer: whatever trl_version says
     assert seen == [torch.float32]

@@ -60,7 +60,7 @@ def test_a_mapped_row_gives_back_its_spec(source):
 
 def test_the_mapped_sources_are_the_expected_ones():
     assert set(MAPPED) == {"fms-acceleration", "peft-metamathqa", "universal-llm-trainer",
-                           "fsdp_qlora", "axolotl", "chatglm3", "glm-4"}
+                           "fsdp_qlora", "axolotl", "chatglm3", "glm-4", "qwen", "qwen-vl"}
 
 
 @pytest.mark.parametrize("source", ["minicpm-v", "cogvlm2", "minicpm"])
@@ -71,13 +71,12 @@ def test_remote_code_models_without_a_builder_are_unmapped_with_that_reason(sour
 
 
 # Rows that only the missing shape builders kept unmapped: the remote-code builders and real
-# configs in the catalog map the ChatGLM ones; Qwen's and Qwen-VL's sources ran transformers 4.32,
-# older than the stack rules cover, so the Spec refuses them (and only for that: with a covered
-# version the same rows map).
-NOW_MAPPED = {("chatglm3", "THUDM/chatglm3-6b"): 1, ("glm-4", "THUDM/glm-4-9b-chat"): 4}
-OLD_TRANSFORMERS = {("qwen", "Qwen/Qwen-1_8B-Chat"): 6, ("qwen", "Qwen/Qwen-7B-Chat"): 9,
-                    ("qwen", "Qwen/Qwen-14B-Chat"): 10, ("qwen-vl", "Qwen/Qwen-VL-Chat"): 8}
-OLD_TRANSFORMERS_REASON = "the Spec rejects the run: transformers_version: 4.32.0 is not supported"
+# configs in the catalog map them; Qwen's and Qwen-VL's sources ran transformers 4.32 (the oldest
+# the stack rules cover) with the plain HF Trainer (framework hf_trainer).
+NOW_MAPPED = {("chatglm3", "THUDM/chatglm3-6b"): 1, ("glm-4", "THUDM/glm-4-9b-chat"): 4,
+              ("qwen", "Qwen/Qwen-1_8B-Chat"): 6, ("qwen", "Qwen/Qwen-7B-Chat"): 9,
+              ("qwen", "Qwen/Qwen-14B-Chat"): 10, ("qwen-vl", "Qwen/Qwen-VL-Chat"): 8}
+QWEN_MODELS = {key for key in NOW_MAPPED if key[0] in ("qwen", "qwen-vl")}
 
 
 def run_model(row: dict[str, str]) -> tuple[str, str]:
@@ -94,22 +93,25 @@ def test_remote_code_models_with_a_builder_and_a_real_config_map():
     assert counts == NOW_MAPPED
 
 
-def test_qwen_rows_wait_only_for_the_stack_rules_of_transformers_4_32():
-    counts = {}
-    for row in ROWS:
-        if run_model(row) in OLD_TRANSFORMERS and row["unmapped_reason"].startswith(
-                OLD_TRANSFORMERS_REASON):
-            again = remapped(dict(row, transformers_version="4.39.3"))
-            assert again["mapping"] == "mapped", again["unmapped_reason"]
-            counts[run_model(row)] = counts.get(run_model(row), 0) + 1
-    assert counts == OLD_TRANSFORMERS
+def test_qwen_rows_run_the_plain_trainer_on_the_versions_their_readme_pins():
+    """transformers 4.32.0 from the nearest pinned README, peft from `pip install "peft<0.8.0"`
+    where that README version says it, TRL not loaded (framework hf_trainer)."""
+    rows = [row for row in ROWS if run_model(row) in QWEN_MODELS and row["mapping"] == "mapped"]
+    specs = [json.loads(row["spec"]) for row in rows]
+    assert {spec["framework"] for spec in specs} == {"hf_trainer"}
+    assert {spec["transformers_version"] for spec in specs} == {"4.32.0"}
+    stated = {spec["peft_version"] for row, spec in zip(rows, specs, strict=True)
+              if row["peft_version"] == "<0.8.0"}
+    assert stated == {"0.7.1"}
+    for row, spec in zip(rows, specs, strict=True):
+        if not row["peft_version"]:  # the Spec's default, and the row says so
+            assert any(note.startswith(f'peft_version="{spec["peft_version"]}": not stated')
+                       for note in json.loads(row["assumptions"]))
 
 
 def qwen_spec(source: str) -> dict:
-    row = next(r for r in ROWS if r["source"] == source
-               and r["unmapped_reason"].startswith(OLD_TRANSFORMERS_REASON))
-    again = remapped(dict(row, transformers_version="4.39.3"))
-    return json.loads(again["spec"]) | {"assumptions": json.loads(again["assumptions"])}
+    row = next(r for r in ROWS if r["source"] == source and r["mapping"] == "mapped")
+    return json.loads(row["spec"]) | {"assumptions": json.loads(row["assumptions"])}
 
 
 def test_remote_code_models_missing_from_the_catalog_say_so():
@@ -136,14 +138,14 @@ def test_qwen_lora_targets_reach_both_c_proj_modules_and_qwen_vl_only_the_attent
 
 
 def test_a_qwen_row_maps_to_another_catalog_model_through_the_readme_reader():
-    row = first("qwen", "unmapped", OLD_TRANSFORMERS_REASON)
-    # Qwen's README pins transformers 4.32 (2023), older than any stack the rules cover
-    assert "4.32" in row["transformers_version"]
+    row = first("qwen", "mapped")
+    assert "4.32" in row["transformers_version"]  # Qwen's README pins transformers 4.32 (2023)
     again = remapped(dict(row, transformers_version="4.45.2"), model="Qwen/Qwen2.5-7B-Instruct",
                      lora_target=["q_proj", "v_proj"])
     assert again["mapping"] == "mapped", again["unmapped_reason"]
     spec = json.loads(again["spec"])
     assert (spec["model"], spec["method"], spec["batch_size"]) == ("Qwen/Qwen2.5-7B", "lora", 1)
+    assert spec["transformers_version"] == "4.45.2"
 
 
 @pytest.mark.parametrize("reason", [
