@@ -188,11 +188,14 @@ def with_merged_expert_backward(spec: Spec, shape: ModelShape, dt: Dtypes, token
 def grouped_mm_dtype_problem(spec: Spec, shape: ModelShape) -> str | None:
     """Why the step cannot run, when fused experts through grouped_mm are not bf16 (torch's
     grouped_mm takes bf16 only; the recipe refuses the same spec, model_build.py)."""
-    if not any(lin.fused for lin in shape.layer_linears) or shape.moe_routing != "grouped":
-        return None
-    trained = spec.method == "full" or (spec.method == "freeze" and any(
-        group.num_experts for _, group in shape.groups_of_layers(
-            range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers))))
+    def fused(groups) -> bool:  # some layer of these groups runs fused experts
+        return any(count and any(lin.fused for lin in group.layer_linears)
+                   for count, group in groups)
+
+    if not fused(shape.layer_groups) or shape.moe_routing != "grouped":
+        return None  # (a model cut to its first, dense layers has no experts at all)
+    trained = spec.method == "full" or (spec.method == "freeze" and fused(shape.groups_of_layers(
+        range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers))))
     if trained and spec.precision != "pure_bf16":
         dtype = "fp32 (trainable parameters are upcast)"
     elif spec.precision in ("fp16", "fp32"):

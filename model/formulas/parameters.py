@@ -50,10 +50,12 @@ def _rest(tensors: Tensors, params: int) -> Tensors:
 
 
 def vision_linear_tensors(shape: ModelShape) -> Tensors:
-    """The weights of every block linear of the tower (no biases): what bitsandbytes quantizes."""
+    """The weights of every linear of the tower, its blocks' and those outside them (no biases):
+    what bitsandbytes quantizes."""
     v = shape.vision
     return [(lin.out_features, lin.in_features, lin.count * v.num_layers)
-            for lin in v.layer_linears]
+            for lin in v.layer_linears] + [(lin.out_features, lin.in_features, lin.count)
+                                           for lin in v.outer_linears]
 
 
 def vision_tensors(shape: ModelShape) -> Tensors:

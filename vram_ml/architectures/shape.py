@@ -94,6 +94,9 @@ class VisionShape:
     # frozen) and all its parameters (what `freeze` trains of a block whose index it trains)
     layer_linears: tuple[LinearShape, ...] = ()
     layer_params: int = 0
+    # nn.Linear modules of the tower outside its blocks (Qwen3-VL's DeepStack mergers, counted in
+    # tower_params): bitsandbytes quantizes them as it does the blocks'
+    outer_linears: tuple[LinearShape, ...] = ()
     # Per image and family: how the processor turns an image into tokens (see
     # model/formulas/vision.image_geometry): `fixed` (CLIP, SigLIP, Gemma 3), `qwen` (smart resize
     # to a multiple of patch x merge), `tiles` (Idefics3), `pixtral` (rows x (cols + 1))

@@ -147,8 +147,10 @@ def qwen3_vl(config: Mapping[str, Any]) -> ModelShape:
     merge, out = v["spatial_merge_size"], v["out_hidden_size"]
     wide = h * merge * merge
     merger = 2 * h + (wide * wide + wide) + (wide * out + out)
-    deepstack = len(v["deepstack_visual_indexes"]) * (2 * wide + (wide * wide + wide)
-                                                      + (wide * out + out))
+    mergers = len(v["deepstack_visual_indexes"])
+    outer = (LinearShape("linear_fc1", wide, wide, True, count=mergers),
+             LinearShape("linear_fc2", wide, out, True, count=mergers))
+    deepstack = mergers * 2 * wide + sum(lin.params for lin in outer)
     linears, block = _qwen3_vl_block(h, inter)
     tower = (v["in_channels"] * t * p * p * h + h + v["num_position_embeddings"] * h
              + v["depth"] * block + deepstack)
@@ -157,7 +159,7 @@ def qwen3_vl(config: Mapping[str, Any]) -> ModelShape:
         num_attention_heads=v["num_heads"], patch_size=p, image_size=0, tower_params=tower,
         projector_params=merger, spatial_merge_size=merge, temporal_patch_size=t,
         dynamic_resolution=True, image_rule="qwen", layer_linears=linears, layer_params=block,
-        hooked_when_checkpointed=False))
+        outer_linears=outer, hooked_when_checkpointed=False))
 
 
 @register("glm4v", vision=True)
