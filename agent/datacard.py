@@ -38,8 +38,28 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "image_resolution": ("int", "pixels", "side of the square synthetic image (VLMs)"),
     "freeze_vision_tower": ("bool", "", "LLaMA-Factory's key: the vision tower is frozen (VLMs)"),
     "freeze_multi_modal_projector": ("bool", "", "LLaMA-Factory's key: the projector is frozen"),
-    "num_gpus": ("int", "GPUs", "data-parallel GPUs (the agent measures 1)"),
-    "zero_stage": ("int", "", "DeepSpeed ZeRO stage (0 for the agent)"),
+    "num_gpus": ("int", "GPUs", "data-parallel GPUs (> 1: torchrun, one process per GPU)"),
+    "zero_stage": ("int", "", "DeepSpeed ZeRO stage (distributed deepspeed)"),
+    "distributed": ("str", "", "none | ddp | deepspeed | fsdp (vram_ml/distributed.py)"),
+    "num_nodes": ("int", "nodes", "nodes the GPUs are on (HYBRID_SHARD shards within one)"),
+    "offload": ("str", "", "CPU offload: none | optimizer | params | optimizer+params"),
+    "fsdp_sharding": ("str", "", "FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD (fsdp)"),
+    "fsdp_version": ("int", "", "1 (FullyShardedDataParallel) or 2 (fully_shard) (fsdp)"),
+    "zero_reduce_bucket_size": (
+        "int", "elements", "DeepSpeed reduce_bucket_size; empty = LLaMA-Factory's example for the "
+        "stage (5e8 for ZeRO-0/1/2, auto = hidden^2 for ZeRO-3)",
+    ),
+    "zero_overlap_comm": ("bool", "", "DeepSpeed overlap_comm (two reduce buckets, ZeRO-1/2)"),
+    "zero_prefetch_bucket_size": (
+        "int", "elements", "DeepSpeed stage3_prefetch_bucket_size; empty = auto (0.9 hidden^2)",
+    ),
+    "zero_persistence_threshold": (
+        "int", "elements", "DeepSpeed stage3_param_persistence_threshold; empty = auto "
+        "(10 hidden)",
+    ),
+    "zero_max_live_parameters": ("int", "elements", "DeepSpeed stage3_max_live_parameters"),
+    "zero_max_reuse_distance": ("int", "elements", "DeepSpeed stage3_max_reuse_distance"),
+    "accelerate_version": ("str", "", "accelerate version of the spec's stack (FSDP's rules)"),
     "framework": ("str", "", "llamafactory | trl: the framework whose wrapping the run follows"),
     "transformers_version": ("str", "", "transformers version of the spec's stack (its rules)"),
     "peft_version": ("str", "", "peft version of the spec's stack"),
@@ -76,8 +96,12 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     ),
     "peak_vram_bytes": (
         "int", "bytes", "THE TARGET: cuda_context_bytes + peak_reserved_bytes + paged_bytes "
-        "(oom: lower bound)",
+        "(oom: lower bound); several GPUs: the largest GPU's, like every peak above",
     ),
+    "total_vram_bytes": (
+        "int", "bytes", "several GPUs: the sum of every GPU's peak_vram (what nvidia-smi sums)",
+    ),
+    "per_gpu_peak_vram": ("json", "bytes", "several GPUs: each GPU's peak_vram, by rank"),
     "step_seconds": ("float", "s", "mean seconds per optimizer step (after the first)"),
     "steps": ("int", "", "optimizer steps run"),
     "backend": ("str", "", "cuda (real GPU: training data) | cpu (agent tests) | simulated"),

@@ -48,6 +48,7 @@ class AgentOptions:
     experiment: str | None = None
     backend: str = "cuda"
     gpus: str = "auto"
+    gpus_per_sample: int = 1  # >1: multi-GPU slots of that many GPUs (torchrun, agent/ranks.py)
     workers: int = 1  # cpu backend: parallel children
     plan_file: Path | None = None
     space_file: Path | None = None
@@ -111,8 +112,14 @@ class Agent:
             workers = range(max(1, self.options.workers))
             return [Slot("cpu", worker=n) for n in workers], "cpu", None
         gpus = self.pool.choose(frozenset(self.own_pids))
-        return ([Slot("cuda", g.index) for g in gpus], gpus[0].name,
-                min(g.total_bytes for g in gpus))
+        size = max(1, self.options.gpus_per_sample)
+        if size > 1:  # slots of `size` GPUs each for multi-GPU specs; leftovers stay idle
+            groups = [gpus[i:i + size] for i in range(0, len(gpus) - size + 1, size)]
+            slots = [Slot("cuda", group[0].index, gpu_indices=tuple(g.index for g in group))
+                     for group in groups]
+        else:
+            slots = [Slot("cuda", g.index) for g in gpus]
+        return slots, gpus[0].name, min(g.total_bytes for g in gpus)
 
     def plan(self, device_name: str, device_total: int | None) -> list[Planned]:
         done = {spec_id for spec_id, backend, device in self.store.measured()
@@ -220,6 +227,12 @@ class Agent:
     def _measure_all(self, slot: Slot, children: Children) -> None:
         device_key = provenance(slot).device_key  # what the samples' sample_keys will hold
         while (planned := self._next()) is not None:
+            if slot.backend == "cuda" and planned.spec.num_gpus != len(slot.devices):
+                with self.lock:  # a multi-GPU spec needs a slot of its size (--gpus-per-sample)
+                    self.summary.started -= 1
+                self.events("skipped", slot=slot.label, spec=planned.spec,
+                            reason=f"needs {planned.spec.num_gpus} GPUs per sample")
+                continue
             if slot.backend == "cuda" and not self._wait_until_spare(slot):
                 with self.lock:
                     self.queue.appendleft(planned)

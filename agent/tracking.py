@@ -30,7 +30,7 @@ from vram_ml.tracking_uri import unreachable_reason
 DEFAULT_EXPERIMENT = "vram-ml-samples"
 SCHEMA_TAG = "vram_ml.schema"
 SCHEMA_VERSION = "1"
-TEXT_MEASUREMENT = ("status", "message")  # measurement fields that are text: tags, not metrics
+TEXT_MEASUREMENT = ("status", "message", "per_gpu_peak_vram")  # text: tags, not metrics
 MAX_TAG_CHARS = 4000
 
 
@@ -240,6 +240,7 @@ def sample_to_run(sample: Sample) -> tuple[dict[str, str], dict[str, float], dic
                if name not in TEXT_MEASUREMENT and value is not None}
     tags = {name: _tag(row[name]) for name in PROVENANCE_COLUMNS if name != "mlflow_run_id"}
     tags.update(status=sample.measurement.status, message=_tag(sample.measurement.message),
+                per_gpu_peak_vram=sample.measurement.per_gpu_peak_vram,
                 spec_id=sample.spec_id, sample_key=sample.sample_key)
     tags[SCHEMA_TAG] = SCHEMA_VERSION
     return params, metrics, tags

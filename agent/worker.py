@@ -39,15 +39,25 @@ POLL_S = 0.1
 
 @dataclass
 class Slot:
-    """Where a worker measures: the cpu, or one GPU (its NVML index = its CUDA index)."""
+    """Where a worker measures: the cpu, or GPUs (NVML index = CUDA index): one, or several for
+    multi-GPU specs (`gpu_indices`, launched with torchrun, one process per GPU)."""
 
     backend: str  # cuda | cpu
     gpu_index: int | None = None
     worker: int = 0  # cpu: which of the parallel workers
+    gpu_indices: tuple[int, ...] = ()  # a multi-GPU slot's GPUs (gpu_index is the first)
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        if self.gpu_indices:
+            return self.gpu_indices
+        return () if self.gpu_index is None else (self.gpu_index,)
 
     @property
     def label(self) -> str:
-        return f"cpu{self.worker}" if self.gpu_index is None else f"gpu{self.gpu_index}"
+        if self.gpu_index is None:
+            return f"cpu{self.worker}"
+        return "gpu" + "+".join(str(index) for index in self.devices)
 
 
 def provenance(slot: Slot, cuda_version: str = "") -> Provenance:
@@ -144,6 +154,10 @@ def measure_isolated(
     Returns:
         The sample, or None when aborted.
     """
+    if spec.num_gpus > 1:  # torchrun: one process per GPU (agent/rank_child.py)
+        from vram_ml.agent.ranks import measure_ranks
+
+        return measure_ranks(spec, slot, work_dir, steps, timeout_s, abort, on_start)
     children = children or Children(slot, work_dir, warm=False)
     child, log_path = children.take(warm_next)
     result_path = Path(work_dir) / f"{spec.spec_id}-{child.pid}.result.json"

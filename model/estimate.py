@@ -17,6 +17,8 @@ BREAKDOWN_TERMS = (
     "adapters",
     "gradients",
     "optimizer",
+    "gathered",  # ZeRO-3 / FSDP: parameters gathered on this GPU (persistent, in flight, root)
+    "communication",  # gradient buckets (DDP, ZeRO), NCCL's buffers
     "activations",
     "logits",
     "temporaries",
@@ -26,7 +28,12 @@ BREAKDOWN_TERMS = (
 
 @dataclass
 class Estimate:
-    """One estimator's answer for one spec. Bytes as integers; GiB only on display."""
+    """One estimator's answer for one spec. Bytes as integers; GiB only on display.
+
+    Figures are per GPU (the one that decides an out-of-memory); `total_vram_bytes` is what
+    nvidia-smi sums over the spec's `num_gpus`, `host_memory_bytes` the CPU RAM an offload needs
+    on one node (None: none, or not estimated).
+    """
 
     estimator: str
     peak_vram_bytes: int
@@ -39,9 +46,15 @@ class Estimate:
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    num_gpus: int = 1
+    host_memory_bytes: int | None = None
+
+    @property
+    def total_vram_bytes(self) -> int:
+        return self.peak_vram_bytes * self.num_gpus
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "total_vram_bytes": self.total_vram_bytes}
 
 
 class Estimator(Protocol):

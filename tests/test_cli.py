@@ -125,6 +125,27 @@ def test_bad_input_exits_nonzero_with_one_line(args):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
 
 
+def test_multi_gpu_predict_and_fit_import_neither_torch_nor_deepspeed():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from vram_ml.cli import app\n"
+        "for args in (['predict', '--model', 'meta-llama/Meta-Llama-3-8B', '--deepspeed',\n"
+        "              'ds_z3_offload_config.json', '--json'],\n"
+        "             ['fit', '--model', 'meta-llama/Meta-Llama-3-8B', '--accelerate-config',\n"
+        "              'fsdp_config.yaml', '--method', 'full', '--json']):\n"
+        "    r = CliRunner().invoke(app, args)\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "names = ('torch', 'transformers', 'deepspeed', 'accelerate', 'mlflow', 'xgboost')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_estimate_does_not_import_torch():
     code = (
         "import sys\n"

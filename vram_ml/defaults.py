@@ -35,6 +35,28 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "freeze_multi_modal_projector": (True, "freeze_multi_modal_projector: true"),
     "num_gpus": (1, "one process / GPU"),
     "zero_stage": (0, "deepspeed: none"),
+    # Multi-GPU (vram_ml/distributed.py). Without a config file: LLaMA-Factory's examples,
+    # examples/deepspeed/ds_z{0,2,3}_config.json and examples/accelerate/fsdp_config.yaml
+    # (LLaMA-Factory@v0.9.5).
+    "distributed": ("none", "one process (num_gpus > 1: DDP; a ZeRO stage: DeepSpeed)"),
+    "num_nodes": (1, "one node"),
+    "offload": ("none", "no CPU offload"),
+    "fsdp_sharding": ("FULL_SHARD", "fsdp_sharding_strategy: FULL_SHARD (examples/accelerate/"
+                                    "fsdp_config.yaml)"),
+    "fsdp_version": (1, "fsdp_version: 1 (accelerate's default; examples/accelerate/"
+                        "fsdp_config.yaml)"),
+    "zero_reduce_bucket_size": (None, "reduce_bucket_size as examples/deepspeed/"
+                                      "ds_z{stage}_config.json: 5e8 (ZeRO-0/1/2), auto = "
+                                      "hidden^2 (ZeRO-3)"),
+    "zero_overlap_comm": (False, "overlap_comm: false (examples/deepspeed/ds_z*_config.json)"),
+    "zero_prefetch_bucket_size": (None, "stage3_prefetch_bucket_size: auto = 0.9 x hidden^2 "
+                                        "(ds_z3_config.json)"),
+    "zero_persistence_threshold": (None, "stage3_param_persistence_threshold: auto = 10 x "
+                                         "hidden (ds_z3_config.json)"),
+    "zero_max_live_parameters": (1_000_000_000, "stage3_max_live_parameters: 1e9 "
+                                                "(ds_z3_config.json)"),
+    "zero_max_reuse_distance": (1_000_000_000, "stage3_max_reuse_distance: 1e9 "
+                                               "(ds_z3_config.json)"),
     # The stack (vram_ml/stack.py): what `pip install llamafactory==0.9.5` resolves. Its
     # pyproject.toml pins transformers>=4.55.0,<=5.6.0, peft>=0.18.0,<=0.18.1,
     # trl>=0.18.0,<=0.24.0; requirements/bitsandbytes.txt asks bitsandbytes>=0.39.0 (the newest).
@@ -43,9 +65,11 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "peft_version": ("0.18.1", "peft 0.18.1 (LLaMA-Factory 0.9.5's newest)"),
     "trl_version": ("0.24.0", "trl 0.24.0 (LLaMA-Factory 0.9.5's newest)"),
     "bitsandbytes_version": ("0.50.2", "bitsandbytes 0.50.2 (the newest on PyPI)"),
+    # pyproject.toml pins accelerate>=1.3.0,<=1.11.0 (its FSDP rules: model/formulas/stack.py)
+    "accelerate_version": ("1.11.0", "accelerate 1.11.0 (LLaMA-Factory 0.9.5's newest)"),
 }
 STACK_FIELDS = ("framework", "transformers_version", "peft_version", "trl_version",
-                "bitsandbytes_version")
+                "bitsandbytes_version", "accelerate_version")
 # transformers TrainingArguments.optim: adamw_torch up to 4.53 (training_args.py:1281 in
 # 4.53.3), adamw_torch_fused from 4.54 when torch >= 2.8 (4.54.1:1286-1291, 5.6.2:811-816).
 FUSED_ADAMW_FROM = (4, 54, 0)
@@ -74,13 +98,18 @@ def default(field: str) -> object:
 
 
 def assumed_defaults(given: set[str] | dict, multimodal: bool,
-                     transformers_version: str | None = None) -> dict[str, str]:
-    """The defaults a spec took for the fields not given (image ones only for VLMs; the
-    optimizer as `transformers_version`'s Trainer picks it)."""
+                     transformers_version: str | None = None,
+                     spec: object | None = None) -> dict[str, str]:
+    """The defaults a spec took for the fields not given (image ones only for VLMs, multi-GPU
+    ones only where `spec`'s run uses them; the optimizer as `transformers_version`'s Trainer
+    picks it)."""
+    from vram_ml.distributed import RELEVANT_UNDER, relevant
+
     assumed = {
         name: source
         for name, (_, source) in LLAMAFACTORY_DEFAULTS.items()
         if name not in given and (multimodal or name not in IMAGE_FIELDS)
+        and (relevant(name, spec) if spec is not None else name not in RELEVANT_UNDER)
     }
     if "optimizer" in assumed:
         assumed["optimizer"] = optimizer_default(transformers_version)[1]

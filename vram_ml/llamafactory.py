@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from vram_ml.defaults import assumed_defaults
+from vram_ml.launch_configs import LAUNCH_KEYS, read_launch_configs
 from vram_ml.llamafactory_keys import LLAMAFACTORY_KEYS
 from vram_ml.spec import Spec, SpecError, build_spec
 
@@ -107,7 +108,6 @@ UNMODELLED_KEYS = frozenset(
         "use_apollo",
         "use_unsloth",
         "pissa_init",
-        "fsdp",
         "additional_target",
         "upcast_layernorm",
         "upcast_lmhead_output",
@@ -141,7 +141,6 @@ _FLASH_ATTN = {
     "fa2": "flash_attention_2",
     "fa3": "flash_attention_2",
 }
-DEEPSPEED_ASSUMED_GPUS = 8  # a YAML does not say how many GPUs; `num_gpus:` or --num-gpus does
 _FINETUNING = {"lora": "lora", "full": "full", "freeze": "freeze"}
 
 
@@ -174,7 +173,7 @@ def read_llamafactory_yaml(
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"config: cannot read {str(path)!r} ({type(error).__name__})") from None
     return spec_from_llamafactory(parse_llamafactory_text(text, repr(str(path))), overrides,
-                                  allow_unknown)
+                                  allow_unknown, base=path.parent, read_files=True)
 
 
 def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]:
@@ -197,10 +196,19 @@ def parse_llamafactory_text(text: str, name: str = "the YAML") -> dict[str, Any]
 
 
 def spec_from_llamafactory(
-    raw: dict[str, Any], overrides: dict[str, Any] | None = None, allow_unknown: bool = False
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, allow_unknown: bool = False,
+    base: Path | None = None, read_files: bool = False,
 ) -> LlamaFactoryRead:
+    """The spec a YAML's mapping describes. `overrides` may also name launch configs
+    (`deepspeed`, `accelerate_config`), read from `base` when `read_files` (never for the web)."""
     fields, consumed = _map_keys(raw)
-    fields.update(overrides or {})
+    overrides = dict(overrides or {})
+    launch_names = {name: overrides.pop(name) for name in ("deepspeed", "accelerate_config")
+                    if name in overrides}
+    launch = read_launch_configs(raw, fields, {**overrides, **launch_names}, base, read_files)
+    fields.update(launch.fields)
+    fields.update(overrides)
+    consumed |= {key for key in LAUNCH_KEYS if key in raw}
     ignored = sorted(key for key in raw if key in IGNORED_KEYS and key not in consumed)
     unmodelled = sorted(
         key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)
@@ -213,13 +221,13 @@ def spec_from_llamafactory(
         raise SpecError(unknown_keys_message(unknown))
     spec = build_spec(**fields)
     multimodal = spec.resolved_model.shape.is_multimodal
-    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
+    assumed = assumed_defaults(fields, multimodal, spec.transformers_version, spec)
     if multimodal and "images_per_sample" not in fields:
         spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
         assumed["images_per_sample"] = images_assumed_note()
-    if raw.get("deepspeed") and "num_gpus" not in raw and "num_gpus" not in (overrides or {}):
-        assumed["num_gpus"] = f"{DEEPSPEED_ASSUMED_GPUS} (deepspeed is set; pass --num-gpus)"
-    return LlamaFactoryRead(spec, assumed, ignored, unmodelled, unknown, unassessed)
+    assumed.update(launch.assumed)
+    return LlamaFactoryRead(spec, assumed, ignored, unmodelled + launch.unmodelled, unknown,
+                            unassessed)
 
 
 def images_assumed_note() -> str:
@@ -295,11 +303,10 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
             fields[key] = take(key)
     if "images_per_sample" in raw:  # not a LLaMA-Factory key: its data decides; ours to say
         fields["images_per_sample"] = take("images_per_sample")
-    if "deepspeed" in raw and take("deepspeed"):
-        fields["zero_stage"] = _zero_stage(str(raw["deepspeed"]))
-        fields["num_gpus"] = DEEPSPEED_ASSUMED_GPUS
-    if "num_gpus" in raw:  # not a LLaMA-Factory key (torchrun decides); ours to say
-        fields["num_gpus"] = take("num_gpus")
+    # `deepspeed`, `fsdp`, `fsdp_config`: read by launch_configs.py (spec_from_llamafactory)
+    for key in ("num_gpus", "num_nodes"):  # not LLaMA-Factory keys (torchrun decides); ours
+        if key in raw:
+            fields[key] = take(key)
     return fields, consumed
 
 
@@ -350,14 +357,3 @@ def _precision(raw: dict[str, Any], take) -> dict[str, Any]:
     if fp16:
         return {"precision": "fp16"}
     return {} if not {"bf16", "fp16"} & set(raw) else {"precision": "no_amp"}
-
-
-def _zero_stage(deepspeed: str) -> int:
-    """LLaMA-Factory points `deepspeed` at examples/deepspeed/ds_z{0,2,3}[_offload]_config.json."""
-    name = Path(deepspeed).name.lower()
-    for stage in (3, 2, 1, 0):
-        if f"z{stage}" in name or f"zero{stage}" in name or f"stage{stage}" in name:
-            return stage
-    raise SpecError(
-        f"deepspeed: cannot tell the ZeRO stage from {deepspeed!r} (name it ds_z2/ds_z3)"
-    )

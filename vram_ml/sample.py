@@ -55,6 +55,10 @@ class Measurement:
     peak_vram_bytes: int | None = None  # the target: peak_vram(context, reserved, paged)
     step_seconds: float | None = None
     steps: int | None = None
+    # several GPUs (torchrun): the peak_* fields are the largest GPU's; these are the sum of every
+    # GPU's peak_vram (what nvidia-smi sums) and each GPU's, by rank, as a JSON list
+    total_vram_bytes: int | None = None
+    per_gpu_peak_vram: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -222,6 +226,13 @@ _INT_SPEC = {
     "num_gpus",
     "zero_stage",
     "quant_bits",
+    "num_nodes",
+    "fsdp_version",
+    "zero_reduce_bucket_size",
+    "zero_prefetch_bucket_size",
+    "zero_persistence_threshold",
+    "zero_max_live_parameters",
+    "zero_max_reuse_distance",
 }
 _BOOL_SPEC = {
     "double_quant",
@@ -229,6 +240,7 @@ _BOOL_SPEC = {
     "liger_kernel",
     "freeze_vision_tower",
     "freeze_multi_modal_projector",
+    "zero_overlap_comm",
 }
 
 

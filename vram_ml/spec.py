@@ -17,7 +17,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vram_ml.architectures import ModelShape
-from vram_ml.defaults import STACK_FIELDS, default, optimizer_default
+from vram_ml.defaults import LLAMAFACTORY_DEFAULTS, STACK_FIELDS, default, optimizer_default
+from vram_ml.distributed import (
+    MULTI_GPU_FIELDS,
+    Distributed,
+    FsdpSharding,
+    Offload,
+    irrelevant_fields,
+    parallel_problem,
+    resolve_distributed,
+)
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
 from vram_ml.optimizers import Optimizer, optimizer_name
 from vram_ml.stack import LIBRARIES, check_version, parse_version
@@ -80,12 +89,31 @@ class Spec(BaseModel):
     freeze_multi_modal_projector: bool = default("freeze_multi_modal_projector")
     num_gpus: int = Field(default=default("num_gpus"), ge=1, le=4096)
     zero_stage: Literal[0, 1, 2, 3] = default("zero_stage")
+    # --- multi-GPU: how the GPUs share the run (vram_ml/distributed.py; what it costs per GPU:
+    # model/formulas/distributed.py). `distributed` defaults from num_gpus / zero_stage ---
+    distributed: Distributed = default("distributed")
+    num_nodes: int = Field(default=default("num_nodes"), ge=1, le=4096)
+    offload: Offload = default("offload")
+    fsdp_sharding: FsdpSharding = default("fsdp_sharding")
+    fsdp_version: Literal[1, 2] = default("fsdp_version")
+    zero_reduce_bucket_size: int | None = Field(default=default("zero_reduce_bucket_size"),
+                                                ge=1, le=10**12)
+    zero_overlap_comm: bool = default("zero_overlap_comm")
+    zero_prefetch_bucket_size: int | None = Field(default=default("zero_prefetch_bucket_size"),
+                                                  ge=0, le=10**12)
+    zero_persistence_threshold: int | None = Field(
+        default=default("zero_persistence_threshold"), ge=0, le=10**12)
+    zero_max_live_parameters: int = Field(default=default("zero_max_live_parameters"), ge=0,
+                                          le=10**13)
+    zero_max_reuse_distance: int = Field(default=default("zero_max_reuse_distance"), ge=0,
+                                         le=10**13)
     # --- the stack: the framework and the library versions whose code moves memory ---
     framework: Framework = default("framework")
     transformers_version: str = default("transformers_version")
     peft_version: str = default("peft_version")
     trl_version: str = default("trl_version")
     bitsandbytes_version: str = default("bitsandbytes_version")
+    accelerate_version: str = default("accelerate_version")
 
     @model_validator(mode="before")
     @classmethod
@@ -104,7 +132,7 @@ class Spec(BaseModel):
                 raise ValueError(f"{name}: {error}") from None
         if "optimizer" not in data:
             data["optimizer"] = optimizer_default(data["transformers_version"])[0]
-        return data
+        return resolve_distributed(data)
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -129,12 +157,12 @@ class Spec(BaseModel):
             raise ValueError("quant_bits: qlora needs quant_bits 4 or 8")
         if self.method != "qlora" and self.quant_bits is not None:
             raise ValueError(f"quant_bits: only qlora quantizes (method is {self.method})")
-        if self.zero_stage and self.num_gpus == 1:
-            raise ValueError("zero_stage: ZeRO shards across GPUs; num_gpus is 1")
+        problem = parallel_problem(self, {name: LLAMAFACTORY_DEFAULTS[name][0]
+                                          for name in MULTI_GPU_FIELDS})
+        if problem:
+            raise ValueError(problem)
         if self.zero_stage == 3 and self.precision == "pure_bf16":
             raise ValueError("precision: pure_bf16 is incompatible with ZeRO-3 (LLaMA-Factory)")
-        if self.method == "qlora" and self.zero_stage == 3:
-            raise ValueError("zero_stage: bitsandbytes QLoRA with ZeRO-3 is not modelled")
         if self.framework != "llamafactory" and self.method == "freeze":
             raise ValueError(f"method: freeze tuning is LLaMA-Factory's; {self.framework} trains "
                              "full, lora or qlora")
@@ -195,6 +223,8 @@ class Spec(BaseModel):
         fields["model"] = self.resolved_model.name
         fields["lora_target"] = list(self.target_modules)
         fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
+        for name in irrelevant_fields(self):  # multi-GPU fields another kind of run has no use
+            fields.pop(name)  # for: a single-GPU spec keeps the id it had before they existed
         for old, new in LEGACY_SPEC_FIELDS.items():
             fields[old] = not fields.pop(new)
         fields["spec_version"] = SPEC_VERSION
@@ -208,7 +238,8 @@ class Spec(BaseModel):
     def spec_id_v1(self) -> str:
         """The id SPEC_VERSION 1 gave this spec (no stack fields): what rows made before the
         stack was part of the spec carry."""
-        fields = {k: v for k, v in self.canonical().items() if k not in STACK_FIELDS}
+        fields = {k: v for k, v in self.canonical().items()
+                  if k not in STACK_FIELDS and k not in MULTI_GPU_FIELDS}
         fields["spec_version"] = 1
         payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -49,18 +49,26 @@ class SpecInput:
         }
 
 
-def spec_input_from_fields(fields: dict[str, Any], source: str = "flags") -> SpecInput:
-    """Build the spec from Spec fields (the rest take LLaMA-Factory's defaults, reported).
+def spec_input_from_fields(fields: dict[str, Any], source: str = "flags",
+                           launch: dict[str, Any] | None = None,
+                           read_files: bool = False) -> SpecInput:
+    """Build the spec from Spec fields (the rest take LLaMA-Factory's defaults, reported);
+    `launch` may name a DeepSpeed JSON (`deepspeed`) or an accelerate config
+    (`accelerate_config`), whose settings the fields override.
 
     Raises:
         SpecError: an invalid configuration, one line naming the field.
     """
+    from vram_ml.launch_configs import read_launch_configs
     from vram_ml.llamafactory import IMAGES_ASSUMED, images_assumed_note
 
-    spec = build_spec(**fields)
+    read = read_launch_configs({}, fields, {**fields, **(launch or {})}, None, read_files)
+    given = {**read.fields, **fields}
+    spec = build_spec(**given)
     multimodal = spec.resolved_model.shape.is_multimodal
-    assumed = assumed_defaults(fields, multimodal, spec.transformers_version)
-    if multimodal and "images_per_sample" not in fields:  # as for a YAML: said, not hidden
-        spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
+    assumed = assumed_defaults(given, multimodal, spec.transformers_version, spec)
+    if multimodal and "images_per_sample" not in given:  # as for a YAML: said, not hidden
+        spec = build_spec(**{**given, "images_per_sample": IMAGES_ASSUMED})
         assumed["images_per_sample"] = images_assumed_note()
-    return SpecInput(spec, source, assumed)
+    assumed.update(read.assumed)
+    return SpecInput(spec, source, assumed, unmodelled=read.unmodelled)

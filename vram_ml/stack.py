@@ -17,17 +17,19 @@ FRAMEWORKS = {
     "trl": "Hugging Face Trainer / TRL SFTTrainer + peft",
     "hf_trainer": "Hugging Face Trainer + peft, no TRL (a model's own finetune.py)",
 }
-LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
+LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes", "accelerate")
 
 # [lowest, first unsupported): the versions whose memory-relevant code was read. transformers:
 # 4.32.0, 4.39.3, 4.45.2, 4.48, 4.52.4, 4.57.6, 5.0.0, 5.3.0, 5.4.0, 5.6, 5.24.0 (newest on
 # PyPI); peft: 0.7.1, 0.11.1 through 0.21.2; trl: 0.9.6 through 0.26.0; bitsandbytes: 0.43
-# through 0.50.2. (4.32.0 and 0.7.1 behave as the oldest rules say: model/formulas/stack.py.)
+# through 0.50.2 (4.32.0 and 0.7.1 behave as the oldest rules say: model/formulas/stack.py);
+# accelerate (its FSDP preparation): 0.30.0, 0.32.1, 1.6.0, 1.11.0-1.14.0, 1.15.0 (installed).
 SUPPORTED: dict[str, tuple[Version, Version]] = {
     "transformers": ((4, 32, 0), (5, 25, 0)),
     "peft": ((0, 7, 0), (0, 22, 0)),
     "trl": ((0, 9, 6), (0, 27, 0)),
     "bitsandbytes": ((0, 43, 0), (0, 51, 0)),
+    "accelerate": ((0, 30, 0), (1, 16, 0)),
 }
 # What a framework accepts at run time, when it is narrower: LLaMA-Factory 0.9.5
 # `check_dependencies` (src/llamafactory/extras/misc.py:95-101) refuses anything else.
@@ -36,6 +38,7 @@ FRAMEWORK_SUPPORTED: dict[str, dict[str, tuple[Version, Version]]] = {
         "transformers": ((4, 55, 0), (5, 6, 1)),
         "peft": ((0, 18, 0), (0, 20, 1)),
         "trl": ((0, 18, 0), (0, 24, 1)),
+        "accelerate": ((1, 3, 0), (1, 15, 1)),
     },
     "trl": {},
     "hf_trainer": {},

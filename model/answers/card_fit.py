@@ -11,8 +11,10 @@ Answers:
   spec's own unless a target is given) at the batch chosen;
 - when the spec does not fit: the cheapest single change that makes it fit, in the order a
   practitioner would try them (free first, quality-affecting last; changes within the method
-  before a change of method), and the cheapest combination when no single change is enough. A
-  change that leads where the recipe cannot measure (model/recipe_support.py) says so.
+  before a change of method or more hardware: DeepSpeed ZeRO-3 on the fewest GPUs that fit, CPU
+  offload with the host RAM it needs), and the cheapest combination when no single change is
+  enough. A change that leads where the recipe cannot measure (model/recipe_support.py) says so.
+  Every figure is per GPU.
 
 Example:
     report = find_fit(spec, gpu_memory_bytes=24 * 1024**3)
@@ -106,6 +108,33 @@ def candidate_changes(spec: Spec) -> list[Change]:
     return [Change(text, cost, fields) for applies, text, cost, fields in options if applies]
 
 
+GPU_COUNTS = (2, 4, 8, 16)  # ZeRO-3 proposals: the fewest of these that fit
+
+
+def hardware_changes(spec: Spec) -> list[Change]:
+    """More hardware: DeepSpeed ZeRO-3 over more GPUs (LLaMA-Factory's ds_z3_config.json), and
+    ZeRO-3 with CPU offload (ds_z3_offload_config.json) on the spec's GPUs."""
+    from vram_ml.defaults import LLAMAFACTORY_DEFAULTS
+    from vram_ml.distributed import MULTI_GPU_FIELDS
+
+    zero3 = {name: LLAMAFACTORY_DEFAULTS[name][0] for name in MULTI_GPU_FIELDS
+             if name != "accelerate_version"}
+    zero3.update(distributed="deepspeed", zero_stage=3)
+    changes = []
+    if not (spec.distributed == "deepspeed" and spec.zero_stage == 3 and spec.offload == "none"):
+        changes += [Change(f"DeepSpeed ZeRO-3 on {gpus} GPUs", f"{gpus} GPUs (parameters, "
+                           "gradients and optimizer states sharded)",
+                           {**zero3, "num_gpus": gpus, "num_nodes": 1})
+                    for gpus in GPU_COUNTS if gpus >= spec.num_gpus]
+    if spec.offload != "optimizer+params":
+        gpus = f"{spec.num_gpus} GPU" + "s" * (spec.num_gpus > 1)
+        changes.append(Change(f"DeepSpeed ZeRO-3 + CPU offload on {gpus}",
+                              "slower steps; host RAM for the offloaded states",
+                              {**zero3, "offload": "optimizer+params",
+                               "num_gpus": spec.num_gpus, "num_nodes": spec.num_nodes}))
+    return changes
+
+
 def find_fit(
     spec: Spec,
     gpu_memory_bytes: int,
@@ -189,16 +218,17 @@ def _fitting_values(
 
 def _score(
     spec: Spec, field_sets: list[dict[str, Any]], estimator: LearnedEstimator
-) -> list[tuple[int, int] | None]:
-    """(peak, bound) of each variant of `spec`, one batched prediction; None for invalid ones."""
+) -> list[tuple[int, int, int] | None]:
+    """(peak, bound, host RAM) of each variant of `spec`, one batched prediction; None for
+    invalid ones."""
     variants = [_variant(spec, fields) for fields in field_sets]
     valid = [variant for variant in variants if variant is not None]
     if not valid:
         return [None] * len(variants)
     prediction = estimator.predict_batch(valid)
-    scores = iter(
-        zip(prediction.peak_vram_bytes.tolist(), _bounds(prediction).tolist(), strict=True)
-    )
+    hosts = [estimate.host_memory_bytes or 0 for estimate in prediction.analytical]
+    scores = iter(zip(prediction.peak_vram_bytes.tolist(), _bounds(prediction).tolist(), hosts,
+                      strict=True))
     return [
         None if variant is None else tuple(round(x) for x in next(scores)) for variant in variants
     ]
@@ -218,33 +248,41 @@ def _cheapest_changes(
     spec: Spec, gpu_memory_bytes: int, estimator: LearnedEstimator
 ) -> tuple[list[Change], Change | None]:
     """Within the method first: its single changes that fit (cheapest first), else the shortest
-    prefix of them that fits together; only then the same with a change of method."""
-    changes = candidate_changes(spec)
+    prefix of them that fits together; only then a change of method or more hardware (the
+    fewest GPUs that fit), else the shortest prefix of the software changes that fits."""
+    software, hardware = candidate_changes(spec), hardware_changes(spec)
+    changes = software + hardware
     prefixes = [
-        {k: v for change in changes[:n] for k, v in change.fields.items()}
-        for n in range(2, len(changes) + 1)
+        {k: v for change in software[:n] for k, v in change.fields.items()}
+        for n in range(2, len(software) + 1)
     ]
     scores = _score(spec, [change.fields for change in changes] + prefixes, estimator)
     for change, score in zip(changes, scores, strict=False):
         if score is not None:
-            change.peak_vram_bytes, change.bound_vram_bytes = score
+            change.peak_vram_bytes, change.bound_vram_bytes, host = score
             change.fits = score[1] <= gpu_memory_bytes
+            if host:
+                change.cost += f" ({host / 1024**3:.0f} GiB per node)"
             change.unmeasured = _unmeasured(spec, change.fields)
-    same_method = sum("method" not in change.fields for change in changes)
-    for group in (changes[:same_method], changes[same_method:]):
+    more_gpus = [c for c in hardware if c.fits and "GPUs" in c.description and "+" not in
+                 c.description]
+    hardware = [c for c in hardware if c not in more_gpus or c is more_gpus[0]]  # the fewest
+    same_method = sum("method" not in change.fields for change in software)
+    prefix_scores = scores[len(changes):]
+    for group, last in ((software[:same_method], same_method),
+                        (software[same_method:] + hardware, len(software))):
         fitting = [change for change in group if change.fits]
         if fitting:
             return fitting, None
-        last = changes.index(group[-1]) + 1 if group else 0
         for n, (fields, score) in enumerate(
-            zip(prefixes[: max(0, last - 1)], scores[len(changes):], strict=False), start=2
+            zip(prefixes[: max(0, last - 1)], prefix_scores, strict=False), start=2
         ):
             if score is not None and score[1] <= gpu_memory_bytes:
                 return [], Change(
-                    " + ".join(c.description for c in changes[:n]),
-                    "; ".join(c.cost for c in changes[:n]),
+                    " + ".join(c.description for c in software[:n]),
+                    "; ".join(c.cost for c in software[:n]),
                     fields,
-                    *score,
+                    *score[:2],
                     fits=True,
                     unmeasured=_unmeasured(spec, fields),
                 )

@@ -76,9 +76,12 @@ class Prediction:
         return {
             "estimator": answer.estimator,
             "fallback_reason": self.fallback_reason,
-            "peak_vram_bytes": answer.peak_vram_bytes,
+            "peak_vram_bytes": answer.peak_vram_bytes,  # per GPU
             "upper_vram_bytes": answer.upper_vram_bytes,
             "upper_basis": answer.upper_basis,
+            "num_gpus": answer.num_gpus,
+            "total_vram_bytes": answer.total_vram_bytes,  # over the GPUs (nvidia-smi's sum)
+            "host_memory_bytes": answer.host_memory_bytes,  # offloaded states, one node
             "peak_allocated_bytes": answer.peak_allocated_bytes,
             "peak_reserved_bytes": answer.peak_reserved_bytes,
             "breakdown": answer.breakdown,
@@ -93,7 +96,8 @@ def predict(
     gpu_memory_gib: Sequence[float] | None = None,
     artifact_dir: str | Path | None = None,
 ) -> Prediction:
-    """The answer for `spec` and a verdict for each card (default: 24, 40, 48, 80 GiB)."""
+    """The answer for `spec` and a verdict for each card (default: 24, 40, 48, 80 GiB); on
+    several GPUs the figures and verdicts are per GPU, `total_vram_bytes` their sum."""
     from vram_ml.model.estimate import get_estimator
 
     learned = LearnedEstimator(artifact_dir)

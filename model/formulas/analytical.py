@@ -16,10 +16,10 @@ moments (and of `load`, before training):
 - `loss_backward`: resident + saved activations + cross-entropy backward, 12 bytes per logit
   (Liger: one chunk of logits and the input gradient, made in forward).
 - `head_backward`: resident + saved activations + the logits' gradient in the compute dtype + the
-  output head's weight gradient (full fine-tuning) + the head gathered by ZeRO-3.
+  output head's weight gradient (full fine-tuning).
 - `layer_backward` (last decoder layer): resident + saved activations + that layer recomputed
-  (checkpointing) and its gradient temporaries + one dequantized weight (QLoRA) + gathered ZeRO-3
-  parameters + the gradients made so far (output head, one layer).
+  (checkpointing) and its gradient temporaries + one dequantized weight (QLoRA) + the gradients
+  made so far (output head, one layer).
 - `backward_end`: resident + all gradients + a tied embedding's second gradient (the input
   embedding's, added into the output head's).
 - `vision_forward` (VLMs): resident + the vision tower's working set over all images.
@@ -30,16 +30,20 @@ moments (and of `load`, before training):
   asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
 
 What the framework and library versions change is asked of `StackRules` (stack.py); the notes
-say when one of its rules moved the answer (stack_notes.py).
+say when one of its rules moved the answer (stack_notes.py). Across GPUs (distributed.py) every
+moment is one GPU's: the parameters ZeRO-3 / FSDP keep gathered join the forward and backward
+moments (`gathered`), the reduce buckets the backward ones and NCCL the context
+(`communication`); `load` holds a QLoRA model whole before ZeRO-3 / FSDP shard it.
 
 Resident = weights (+ quantization constants) + adapters + optimizer states + gradients kept across
-micro-batches (gradient_accumulation > 1) + DDP / ZeRO gradient buffers. The peak moment's total is
-the tensor peak (`peak_tensor_bytes`, what simulate's live-tensor tracker counts); the allocated
-peak (`peak_allocated_bytes`, what `torch.cuda.max_memory_allocated` reports) adds the cuBLAS
+micro-batches (gradient_accumulation > 1; ZeRO-3's partition buffer) + DDP / ZeRO-3 gradient
+buckets + ZeRO-3's persistent parameters. The peak moment's total is the tensor peak
+(`peak_tensor_bytes`, what simulate's live-tensor tracker counts); the allocated peak
+(`peak_allocated_bytes`, what `torch.cuda.max_memory_allocated` reports) adds the cuBLAS
 workspace; peak_reserved = peak_allocated x (1 + ALLOCATOR_FRAGMENTATION) and peak_vram =
-sample.peak_vram(CUDA_CONTEXT_BYTES, peak_reserved, paged optimizer states), the measured target's
-definition (vram_ml/sample.py): a paged optimizer's states of tensors of at least 1e5 elements are
-in CUDA managed memory, outside PyTorch's allocator, the rest in it
+sample.peak_vram(CUDA_CONTEXT_BYTES + NCCL, peak_reserved, paged optimizer states), the measured
+target's definition (vram_ml/sample.py): a paged optimizer's states of tensors of at least 1e5
+elements are in CUDA managed memory, outside PyTorch's allocator, the rest in it
 (model_states.paged_state_bytes). The breakdown is the peak moment's composition (it adds up to
 peak_vram_bytes); `analytical_terms` gives every term at its own size and each moment's total, for
 the learned model's features.
@@ -50,9 +54,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from vram_ml.distributed import describe
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
 from vram_ml.model.formulas import experts, vision
+from vram_ml.model.formulas.distributed import layout
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
 from vram_ml.model.formulas.parameters import autocast_weight_params
 from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
@@ -109,6 +115,7 @@ class Analysis:
         parts = dict(self.moments[self.peak_moment])
         parts["optimizer"] = parts.get("optimizer", 0) + self.states.paged_optimizer
         parts["overhead"] = CUDA_CONTEXT_BYTES + self.peak_reserved_bytes - self.peak_tensor_bytes
+        parts["communication"] = parts.get("communication", 0) + self.states.distributed.nccl
         return {term: parts.get(term, 0) for term in BREAKDOWN_TERMS}
 
 
@@ -210,11 +217,13 @@ def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
 
 
 def _weight_shards(spec: Spec) -> int:
-    return spec.num_gpus if spec.zero_stage == 3 else 1
+    return layout(spec).weight_shards
 
 
-def analyse(spec: Spec) -> Analysis:
-    """Every term of the analytical model for `spec`, and when each is alive."""
+def analyse(spec: Spec, training_only: bool = False) -> Analysis:
+    """Every term of the analytical model for `spec`, and when each is alive; `training_only`:
+    the peak over the training moments (`load` left out), what a peak read after
+    torch.cuda.reset_peak_memory_stats once the model is loaded measures."""
     given, rules = spec, StackRules.of(spec)
     padded = rules.padded_seq_len(spec.seq_len)
     if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
@@ -230,30 +239,39 @@ def analyse(spec: Spec) -> Analysis:
     layer_extra = int(tokens * terms.layer_backward_per_token(spec, last, dt, spec.seq_len,
                                                               trainable_last))
     layer_extra = experts.with_merged_expert_backward(spec, last, dt, tokens, layer_extra)
+    shared = states.distributed  # buckets, gathered parameters (distributed.py)
     resident = {
         "weights": states.weights, "quantization_constants": states.quantization_constants,
         "adapters": states.adapters, "optimizer": states.optimizer,
-        "gradients": states.persistent_gradients + states.gradient_buffers,
+        "gradients": states.persistent_gradients, "gathered": shared.resident_gathered,
+        "communication": states.gradient_buffers,
     }
+    backward = {"gathered": shared.resident_gathered + shared.gathered_backward,
+                "communication": states.gradient_buffers + shared.backward_buffers}
+    turnaround = {"gathered": shared.resident_gathered + shared.gathered_forward}
     moments = {
-        "layer_forward": {**resident, "activations": activations, "temporaries": int(
+        "layer_forward": {**resident, **turnaround, "activations": activations, "temporaries": int(
             tokens * experts.expert_transient_per_token(last, dt)) + (
             experts.merged_expert_bytes(spec, last, dt) if spec.gradient_checkpointing else 0)},
-        "forward_end": {**resident, "activations": activations,
+        "forward_end": {**resident, **turnaround, "activations": activations,
                         "logits": forward_logits_bytes(spec, tokens, dt),
                         "temporaries": autocast_cache_extra(spec, shape, dt)},
-        "loss_metrics": {**resident, "activations": activations,
+        "loss_metrics": {**resident, **turnaround, "activations": activations,
                          "logits": metrics_logits_bytes(spec, tokens)},
-        "loss_backward": {**resident, "activations": activations, "logits": loss_set},
-        "head_backward": {**resident, "activations": activations, "logits": head_extra,
-                          "temporaries": states.gathered_head},
-        "layer_backward": {**resident, "activations": activations,
-                           "temporaries": layer_extra + states.dequantized + states.gathered_layer},
-        "backward_end": {**resident, "temporaries": states.tied_gradient},
+        "loss_backward": {**resident, **turnaround, "activations": activations,
+                          "logits": loss_set},
+        "head_backward": {**resident, **turnaround, "communication": backward["communication"],
+                          "activations": activations, "logits": head_extra},
+        "layer_backward": {**resident, **backward, "activations": activations,
+                           "temporaries": layer_extra + states.dequantized},
+        "backward_end": {**resident, "temporaries": states.tied_gradient,
+                         "communication": states.gradient_buffers + shared.backward_end},
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
         "vision_backward": {**resident, "activations": vision.vision_backward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
-        "load": {"weights": states.weights, "quantization_constants": states.quantization_constants,
+        "load": {"weights": states.weights if shared.load_weights is None
+                 else shared.load_weights,
+                 "quantization_constants": states.quantization_constants,
                  "temporaries": load_extra(spec, shape, dt)},
     }
     made = {
@@ -269,19 +287,24 @@ def analyse(spec: Spec) -> Analysis:
     }
     for moment, gradients in made.items():
         moments[moment]["gradients"] += max(0, gradients - states.persistent_gradients)
+        if moment in ("head_backward", "layer_backward", "backward_end", "optimizer_step"):
+            moments[moment]["gradients"] += shared.gradient_partition  # ZeRO-1/2's buffer
     totals = {name: sum(parts.values()) for name, parts in moments.items()}
-    peak_moment = max(MOMENTS, key=lambda name: totals[name])
+    counted = [name for name in MOMENTS if not (training_only and name == "load")]
+    peak_moment = max(counted, key=lambda name: totals[name])
     tensors = totals[peak_moment]
     allocated = tensors + CUBLAS_WORKSPACE_BYTES
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
     when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
     notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
+             *distributed_notes(spec, shared),
              f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(
         states=states, activations=activations, logits=loss_set, layer_backward=layer_extra,
         moments=moments, peak_moment=peak_moment, peak_tensor_bytes=tensors,
         peak_allocated_bytes=allocated, peak_reserved_bytes=reserved,
-        peak_vram_bytes=peak_vram(CUDA_CONTEXT_BYTES, reserved, states.paged_optimizer),
+        peak_vram_bytes=peak_vram(CUDA_CONTEXT_BYTES + shared.nccl, reserved,
+                                  states.paged_optimizer),
         notes=tuple(notes),
     )
 
@@ -306,6 +329,18 @@ def _notes(spec: Spec, shape: ModelShape) -> list[str]:
     return notes
 
 
+def distributed_notes(spec: Spec, shared) -> list[str]:
+    """How the GPUs share the run and its terms per GPU (GiB), when more than one GPU or
+    DeepSpeed / FSDP runs it."""
+    if spec.distributed == "none":
+        return []
+    named = ", ".join(f"{name} {size / 2**30:.2f}" for name, size in shared.terms if size)
+    note = f"{describe(spec)}: per GPU" + (f" ({named} GiB)" if named else "")
+    if shared.host_bytes:
+        note += f"; host RAM for the offloaded states {shared.host_bytes / 2**30:.1f} GiB per node"
+    return [note]
+
+
 def analytical_terms(spec: Spec) -> dict[str, int]:
     """Every term at its own size plus each moment's total (features for the learned model)."""
     analysis = analyse(spec)
@@ -319,6 +354,10 @@ def analytical_terms(spec: Spec) -> dict[str, int]:
         "activations": analysis.activations, "logits": analysis.logits,
         "layer_backward_temporaries": analysis.layer_backward,
         "dequantized_weight": states.dequantized, "trainable_params": states.trainable_params,
+        "gathered_parameters": states.distributed.gathered_forward
+        + states.distributed.resident_gathered,
+        "communication": states.distributed.backward_buffers + states.distributed.nccl,
+        "host_memory": states.distributed.host_bytes,
     }
     features.update({f"moment_{name}": sum(parts.values())
                      for name, parts in analysis.moments.items()})
@@ -337,11 +376,13 @@ class AnalyticalEstimator:
             estimator=self.name,
             peak_vram_bytes=analysis.peak_vram_bytes,
             breakdown=analysis.breakdown,
-            lower_vram_bytes=CUDA_CONTEXT_BYTES + analysis.peak_allocated_bytes
-            + analysis.states.paged_optimizer,
+            lower_vram_bytes=CUDA_CONTEXT_BYTES + analysis.states.distributed.nccl
+            + analysis.peak_allocated_bytes + analysis.states.paged_optimizer,
             upper_vram_bytes=int(analysis.peak_vram_bytes * (1 + UPPER_MARGIN)),
             upper_basis=UPPER_BASIS,
             peak_allocated_bytes=analysis.peak_allocated_bytes,
             peak_reserved_bytes=analysis.peak_reserved_bytes,
             notes=list(analysis.notes),
+            num_gpus=spec.num_gpus,
+            host_memory_bytes=analysis.states.distributed.host_bytes or None,
         )

@@ -2,8 +2,8 @@
 
 The analytical estimator's resident terms: dtypes per tensor kind, trainable / adapter /
 quantized parameter tensors, 4-bit and 8-bit quantization constants (Dettmers et al. 2023, as
-bitsandbytes 0.50 implements them), optimizer states and temporaries, and their sharding under
-ZeRO (Rajbhandari et al. 2020, section 5). Pure Python, no torch.
+bitsandbytes 0.50 implements them), optimizer states and temporaries, and where they live
+across GPUs (DDP, DeepSpeed ZeRO, FSDP: the terms are distributed.py's). Pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas.distributed import DistributedTerms, distributed_terms, layout
 from vram_ml.model.formulas.parameters import (
     Tensors,
     adapter_tensors,
@@ -38,10 +39,6 @@ BNB_8BIT_BLOCKSIZE = 256
 # Paged optimizers (Optimizer8bit.get_state_buffer): only the states of tensors of at least 1e5
 # elements go to CUDA managed memory; smaller ones, and 8-bit absmax, stay in PyTorch's allocator.
 BNB_PAGED_MIN_SIZE = 100_000
-# LLaMA-Factory examples/deepspeed/ds_z{0,2}_config.json: reduce_bucket_size 5e8 elements;
-# ds_z3_config.json: stage3_max_live_parameters 1e9, prefetch bucket "auto" = 0.9 x hidden^2.
-ZERO_BUCKET_ELEMENTS = 500_000_000
-ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
 
 
@@ -56,6 +53,13 @@ class Dtypes:
     autocast: bool
     master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
     norm: int = 0  # frozen norm weights, when not `frozen` (TRL's QLoRA: fp32)
+    gathered_half: bool = False  # FSDP mixed precision: matmuls read gathered half copies
+
+    @property
+    def gather(self) -> int:
+        """Bytes per element of a gathered parameter (ZeRO-3: the module's half dtype; FSDP:
+        MixedPrecision param_dtype) and of a gradient bucket."""
+        return self.frozen
 
     @property
     def norm_bytes(self) -> int:
@@ -65,16 +69,22 @@ class Dtypes:
     def casts_trainable(self) -> bool:
         """Autocast makes a half copy of each trainable weight a matmul reads (fp32 ones only:
         TRL's bf16 full fine-tuning has none)."""
-        return self.autocast and self.trainable > self.compute
+        return self.autocast and self.trainable > self.compute and not self.gathered_half
 
     @classmethod
     def of(cls, spec: Spec) -> Dtypes:
         if spec.precision == "fp32":
             return cls(4, 4, 4, 4, False, 0)
-        if spec.zero_stage and spec.precision != "no_amp":
-            # DeepSpeed bf16/fp16 casts the module to half; fp32 master weights live in the
-            # optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no torch autocast.
+        if spec.distributed == "deepspeed" and spec.precision != "no_amp":
+            # DeepSpeed bf16/fp16 casts the module to half (ZeRO-0 too); fp32 master weights
+            # live in the optimizer (ZeRO paper: 2 + 2 + 12 bytes per parameter); no autocast.
             return cls(2, 2, 2, 2, False, 4)
+        if spec.distributed == "fsdp" and spec.precision in ("bf16", "fp16"):
+            # accelerate under mixed precision: trainable parameters in fp32 (FSDP1 upcasts
+            # the flat parameters that require grad, FSDP2 the model: StackRules), matmuls on
+            # the half copies FSDP gathers (MixedPrecision param_dtype), no fp32 QLoRA casts
+            # (TRL skips its kbit preparation for a sharded QLoRA model).
+            return cls(2, 4, 2, 2, True, 0, gathered_half=True)
         rules = StackRules.of(spec)
         adapters = spec.method in ("lora", "qlora")
         if not rules.llamafactory:
@@ -137,7 +147,7 @@ def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
 def upcast_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     """Bytes the stack's QLoRA casts add over keeping frozen unquantized weights in the compute
     dtype (StackRules.frozen_bytes: peft's prepare_model_for_kbit_training, TRL's norm casts)."""
-    if spec.method != "qlora":
+    if spec.method != "qlora" or dt.gathered_half:
         return 0
     rules = StackRules.of(spec)
     return sum(params * (rules.frozen_bytes(kind, dt.frozen) - dt.frozen)
@@ -250,7 +260,7 @@ def paged_state_bytes(optimizer: str, tensors: Tensors) -> int:
                if rows * max(cols, 1) >= BNB_PAGED_MIN_SIZE)
 
 
-# --- model states: weights, gradients, optimizer (ZeRO sharding) ------------------------------
+# --- model states: weights, gradients, optimizer, across GPUs ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -262,8 +272,8 @@ class ModelStates:
     adapters: int
     trainable_params: int
     gradients: int  # all gradients, once backward is done
-    persistent_gradients: int  # alive through forward (gradient accumulation)
-    gradient_buffers: int  # DDP buckets / ZeRO reduce bucket
+    persistent_gradients: int  # alive through forward (gradient accumulation; ZeRO-3's buffer)
+    gradient_buffers: int  # DDP buckets / ZeRO-3's reduce bucket (all step long)
     head_gradients: int  # made at lm_head backward (full fine-tuning)
     layer_gradients: int  # one decoder layer's
     optimizer: int  # in PyTorch's allocator (a paged optimizer's small tensors' states too)
@@ -271,23 +281,23 @@ class ModelStates:
     optimizer_temporaries: int
     tied_gradient: int  # a tied embedding's input-side gradient before it is added in
     dequantized: int  # one quantized weight dequantized (QLoRA forward/backward)
-    gathered_head: int  # ZeRO-3: the output head gathered for its backward
-    gathered_layer: int  # ZeRO-3: a layer's parameters (+ prefetch) gathered
+    distributed: DistributedTerms  # buckets, gathered parameters, NCCL, host RAM
 
 
 def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     """Weights by dtype (frozen half, trainable fp32, 4/8-bit packed), gradients in the trainable
-    dtype, optimizer states; ZeRO (Rajbhandari et al. 2020, section 5.1) divides optimizer states
-    (stage 1), + gradients (2), + parameters (3) by the GPU count. Plain data parallel (DDP,
-    gradient_as_bucket_view=False) keeps a bucket copy of every gradient."""
-    gpus, stage = spec.num_gpus, spec.zero_stage
+    dtype, optimizer states, each divided over the GPUs that shard it and left out where an
+    offload puts it on the CPU (distributed.layout); the distributed machinery's own terms."""
+    plan = layout(spec)
     base = base_trainable_tensors(spec, shape)
     adapters = adapter_tensors(spec, shape)
     base_params, adapter_params = numel(base), numel(adapters)
     quantized = quantized_tensors(spec, shape)
     packed = numel(quantized)
     frozen = shape.total_params - base_params - packed
-    weights = int(packed * (spec.quant_bits or 8) / 8) + frozen * dt.frozen
+    rules = StackRules.of(spec)
+    weights = int(packed * (spec.quant_bits or 8) / 8)
+    weights += frozen * rules.fsdp_frozen_bytes(spec, dt.frozen)
     weights += base_params * dt.trainable + upcast_bytes(spec, shape, dt)
     weights += fp32_kept_bytes(spec, shape, dt)
     trainable = base + adapters
@@ -297,43 +307,39 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     paged = paged_state_bytes(spec.optimizer, trainable)
     states += params * dt.master
     temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
-    shard_w, shard_g, shard_o = (gpus if stage >= level else 1 for level in (3, 2, 1))
-    gradients = params * dt.trainable // shard_g
-    if gpus > 1 and stage == 0:
-        buffers = params * dt.trainable
-    elif stage in (1, 2):
-        buffers = min(ZERO_BUCKET_ELEMENTS, params) * dt.trainable
-    elif stage == 3:
-        buffers = min(shape.hidden_size**2, params) * dt.trainable
-    else:
-        buffers = 0
+    gpu_states = 0 if plan.optimizer_on_cpu else 1  # offloaded: optimizer and gradients on CPU
+    on_gpu = 0 if plan.weights_on_cpu else 1
+    shard_w, shard_g, shard_o = plan.weight_shards, plan.gradient_shards, plan.optimizer_shards
+    gradients = gpu_states * params * dt.trainable // shard_g
     head = shape.lm_head_params or shape.embedding_params
     one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
-    gathered = stage == 3
+    from vram_ml.model.formulas.distributed_counts import host_bytes, param_counts
+
+    host = host_bytes(plan, weights + adapter_params * dt.trainable, states, params, dt)
+    terms = distributed_terms(spec, param_counts(spec, shape, dt, weights, trainable, quantized),
+                              dt.gather, shape.hidden_size, host, dt.trainable)
+    zero3 = plan.kind == "deepspeed" and spec.zero_stage == 3
     return ModelStates(
-        weights=weights // shard_w,
+        weights=on_gpu * weights // shard_w,
         quantization_constants=quantization_constant_bytes(spec, quantized),
-        adapters=adapter_params * dt.trainable // shard_w,
+        adapters=on_gpu * adapter_params * dt.trainable // shard_w,
         trainable_params=params,
         gradients=gradients,
-        persistent_gradients=gradients if spec.gradient_accumulation > 1 else 0,
-        gradient_buffers=buffers,
-        head_gradients=(head + shape.final_norm_params) * dt.trainable // shard_g
+        persistent_gradients=gradients if spec.gradient_accumulation > 1 or zero3 else 0,
+        gradient_buffers=terms.resident,
+        head_gradients=gpu_states * (head + shape.final_norm_params) * dt.trainable // shard_g
         if spec.method == "full" else 0,
-        layer_gradients=one_layer * dt.trainable // shard_g,
-        optimizer=(states - paged) // shard_o,
-        paged_optimizer=paged // shard_o,
-        optimizer_temporaries=temporaries // shard_o,
-        tied_gradient=shape.embedding_params * dt.trainable // shard_g
+        layer_gradients=gpu_states * one_layer * dt.trainable // shard_g,
+        optimizer=gpu_states * (states - paged) // shard_o,
+        paged_optimizer=gpu_states * paged // shard_o,
+        optimizer_temporaries=gpu_states * temporaries // shard_o,
+        tied_gradient=gpu_states * shape.embedding_params * dt.trainable // shard_g
         if spec.method == "full" and not shape.lm_head_params else 0,
         dequantized=largest * (dt.compute if spec.quant_bits == 8 else dt.frozen)
         + (largest // NF4_BLOCKSIZE * 4 if spec.quant_bits == 4 and spec.double_quant else 0),
-        gathered_head=head * dt.frozen if gathered else 0,
-        gathered_layer=min(ZERO3_MAX_LIVE_PARAMETERS,
-                           shape.last_layer.layer_params + shape.hidden_size**2) * dt.frozen
-        if gathered else 0,
+        distributed=terms,
     )
 
 

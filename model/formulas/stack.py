@@ -74,6 +74,12 @@ FUSED_EXPERTS_FROM: Version = (5, 0, 0)
 # core_model_loading.py:1270-1278).
 ASYNC_LOAD_FROM: Version = (5, 0, 0)
 ASYNC_LOAD_FIXED: Version = (5, 4, 0)
+# accelerate's FSDP2 preparation casts the whole model to fp32 under mixed precision, frozen
+# parameters too (accelerate@v1.11.0:src/accelerate/utils/fsdp_utils.py:700-707, v1.12.0:
+# 709-712); from 1.13 only the parameters that require grad (v1.13.0:733-740, PR 3848). FSDP1
+# upcasts only flat parameters that require grad (accelerator.py:1503-1540 in v0.32.1, from
+# v0.30.0): frozen units stay in the load dtype.
+FSDP2_TRAINABLE_UPCAST_FROM: Version = (1, 13, 0)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class StackRules:
     peft: Version
     trl: Version
     bitsandbytes: Version
+    accelerate: Version
     method: str
     quant_bits: int | None
     precision: str
@@ -94,7 +101,8 @@ class StackRules:
     def of(cls, spec: Spec) -> StackRules:
         return cls(spec.framework, parse_version(spec.transformers_version),
                    parse_version(spec.peft_version), parse_version(spec.trl_version),
-                   parse_version(spec.bitsandbytes_version), spec.method, spec.quant_bits,
+                   parse_version(spec.bitsandbytes_version),
+                   parse_version(spec.accelerate_version), spec.method, spec.quant_bits,
                    spec.precision, spec.gradient_checkpointing)
 
     @property
@@ -172,6 +180,16 @@ class StackRules:
         if kind == "embedding" and self.bf16_recast:
             return compute
         return 4
+
+    def fsdp_frozen_bytes(self, spec: Spec, compute: int) -> int:
+        """Bytes per element of a frozen, unquantized parameter as FSDP shards it: accelerate
+        < FSDP2_TRAINABLE_UPCAST_FROM casts the whole model to fp32 before FSDP2 shards it
+        (under mixed precision); otherwise the load dtype."""
+        if (spec.distributed == "fsdp" and spec.fsdp_version == 2
+                and spec.precision in ("bf16", "fp16")
+                and self.accelerate < FSDP2_TRAINABLE_UPCAST_FROM):
+            return 4
+        return compute
 
     # --- MoE -------------------------------------------------------------------------------
 

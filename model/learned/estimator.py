@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,7 +247,7 @@ def _field(estimates: list[Estimate], name: str) -> np.ndarray | None:
 
 
 def _fallback(analytical: Estimate) -> Estimate:
-    return Estimate(**{**analytical.to_dict(), "notes": [*analytical.notes, FALLBACK_NOTE]})
+    return replace(analytical, notes=[*analytical.notes, FALLBACK_NOTE])
 
 
 def _learned_estimate(
@@ -273,4 +273,6 @@ def _learned_estimate(
             f"{gib(correction)} GiB",
             *analytical.notes,  # what the stack's rules did to the base (model/formulas/stack.py)
         ],
+        num_gpus=analytical.num_gpus,  # per GPU, as its base
+        host_memory_bytes=analytical.host_memory_bytes,
     )

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from vram_ml.architectures import remote_code_refusal
 from vram_ml.model.estimate import Estimate
 from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES
+from vram_ml.model.formulas.distributed import nccl_bytes
 
 if TYPE_CHECKING:
     from vram_ml.model.simulate.step import StepRun
@@ -88,6 +89,9 @@ def simulate(spec: Spec, progress: Callable[[str], None] | None = None,
     }
     breakdown = dict(peak.breakdown)
     breakdown["overhead"] = sum(corrections.values())
+    nccl = nccl_bytes(spec)  # outside the allocator (model/formulas/distributed.py)
+    if nccl:
+        breakdown["communication"] = breakdown.get("communication", 0) + nccl
     notes = [
         "simulated step on fake tensors (CPU), not a measurement",
         f"tensor peak {peak.peak_tensor_bytes / 1024**3:.2f} GiB in step {peak.step} "
@@ -103,6 +107,7 @@ def simulate(spec: Spec, progress: Callable[[str], None] | None = None,
         peak_allocated_bytes=peak.peak_allocated_bytes,
         peak_reserved_bytes=peak.peak_reserved_bytes,
         notes=notes,
+        num_gpus=spec.num_gpus,
     )
     return Simulation(estimate, run, peak.peak_tensor_bytes, corrections)
 

@@ -65,6 +65,8 @@ def _runs_real(func, args, kwargs) -> bool:
     tensors = tensors_in((args, kwargs))
     if any(isinstance(t, FakeTensor) or t.device.type == "meta" for t in tensors):
         return False
+    if any(type(t) not in (torch.Tensor, nn.Parameter) for t in tensors):
+        return False  # a subclass (FSDP2's DTensor) dispatches itself
     if tensors:
         return all(t.numel() <= REAL_LIMIT for t in tensors)
     dtype = kwargs.get("dtype")

@@ -50,9 +50,10 @@ def simulated_spec(spec: Spec) -> tuple[Spec, list[str]]:
     """
     if spec.liger_kernel:
         raise ValueError("liger_kernel: Liger's fused kernels cannot be simulated (refused)")
-    if spec.num_gpus > 1:
+    if spec.distributed != "none" and not (spec.distributed == "fsdp" and spec.fsdp_version == 2):
         raise ValueError(
-            "num_gpus: simulate runs one GPU's step; multi-GPU / ZeRO is not simulated (refused)"
+            f"distributed: simulate runs one GPU's step, or FSDP2 under torch's fake process "
+            f"group; {spec.distributed} is not simulated (refused)"
         )
     notes, update = [], {}
     if spec.attention == "flash_attention_2":
@@ -108,6 +109,10 @@ def simulate_step(
 
     start = time.perf_counter()
     spec, notes = simulated_spec(spec)
+    if spec.distributed != "none":  # FSDP2: rank 0's view (distributed_step.py)
+        from vram_ml.model.simulate.distributed_step import simulate_distributed_step
+
+        return simulate_distributed_step(spec, steps, notes, progress)
     _say(progress, "building the model on meta")
     with quiet_libraries():
         model = recipe.build_model(spec, "meta")

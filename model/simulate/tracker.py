@@ -78,7 +78,9 @@ class LiveStorageTracker(TorchDispatchMode):
     # --- registration ---------------------------------------------------------------------
 
     def track(self, tensor: torch.Tensor, term: str) -> None:
-        """Count `tensor`'s storage under `term` (if not yet counted)."""
+        """Count `tensor`'s storage under `term` (if not yet counted); a DTensor (FSDP2's
+        sharded parameters, their gradients and optimizer states) by its local shard."""
+        tensor = getattr(tensor, "_local_tensor", tensor)
         try:
             storage = tensor.untyped_storage()
         except (NotImplementedError, RuntimeError):
@@ -101,6 +103,7 @@ class LiveStorageTracker(TorchDispatchMode):
 
     def retag(self, tensor: torch.Tensor, term: str) -> None:
         """Move a counted storage to another term (a gradient, an optimizer state)."""
+        tensor = getattr(tensor, "_local_tensor", tensor)
         entry = self.live.get(tensor.untyped_storage()._cdata)
         if entry is None or entry[2] == term:
             return

@@ -90,7 +90,7 @@ def test_cli_flags_and_echo():
     spec = json.loads(result.output)["spec"]
     assert {name: spec[name] for name in STACK_FIELDS} == {
         "framework": "trl", "transformers_version": "4.57.6", "peft_version": "0.17.1",
-        "trl_version": "0.23.0", "bitsandbytes_version": "0.48.2"}
+        "trl_version": "0.23.0", "bitsandbytes_version": "0.48.2", "accelerate_version": "1.11.0"}
     text = runner.invoke(app, args)
     assert "stack: trl · transformers 4.57.6 · peft 0.17.1 · trl 0.23.0" in text.output
     bad = runner.invoke(app, ["predict", "--model", LLAMA, "--framework", "unsloth"])

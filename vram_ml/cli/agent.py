@@ -43,6 +43,9 @@ def agent_run(
         str, typer.Option(help="cuda (real GPUs) or cpu (tiny models; tests).")
     ] = "cuda",
     gpus: Annotated[str, typer.Option(help="auto (every spare GPU) or indices: 0,1.")] = "auto",
+    gpus_per_sample: Annotated[int, typer.Option(
+        help="GPUs per multi-GPU sample (torchrun; the plan's specs with that num_gpus).",
+        min=1)] = 1,
     workers: Annotated[int, typer.Option(help="cpu backend: samples in parallel.")] = 1,
     plan: Annotated[
         Path | None, typer.Option(help="Explicit plan: YAML/JSONL of spec dicts.")
@@ -95,7 +98,8 @@ def agent_run(
     try:
         options = AgentOptions(
             store_dir=store or default_store_dir(), tracking_uri="" if no_mlflow else tracking_uri,
-            experiment=experiment, backend=backend, gpus=gpus, workers=workers, plan_file=plan,
+            experiment=experiment, backend=backend, gpus=gpus, gpus_per_sample=gpus_per_sample,
+            workers=workers, plan_file=plan,
             space_file=space, strategy=strategy,
             budget_s=parse_duration(budget) if budget else None, max_samples=max_samples,
             steps=steps, sample_timeout_s=parse_duration(sample_timeout),

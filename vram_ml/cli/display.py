@@ -38,7 +38,13 @@ def echo_spec(spec_input: SpecInput) -> None:
     )
     console.print(f"stack: {spec.framework} · transformers {spec.transformers_version} · peft "
                   f"{spec.peft_version} · trl {spec.trl_version} · bitsandbytes "
-                  f"{spec.bitsandbytes_version}")
+                  f"{spec.bitsandbytes_version}"
+                  + (f" · accelerate {spec.accelerate_version}" if spec.distributed == "fsdp"
+                     else ""))
+    if spec.distributed != "none":
+        from vram_ml.distributed import describe
+
+        console.print(f"GPUs: {describe(spec)}")
     console.print(f"[dim]from {spec_input.source}[/]")
     if spec_input.assumed:
         console.print("[dim]assumed: " + "; ".join(spec_input.assumed.values()) + "[/]")

@@ -54,12 +54,21 @@ def print_prediction(prediction: Prediction) -> None:
         if answer.upper_vram_bytes
         else ""
     )
+    per_gpu = " per GPU" if answer.num_gpus > 1 else ""
     console.print(
-        f"Peak VRAM: [bold]{gib(answer.peak_vram_bytes)} GiB[/]{upper} "
+        f"Peak VRAM{per_gpu}: [bold]{gib(answer.peak_vram_bytes)} GiB[/]{upper} "
         f"[dim](answered by: {answer.estimator})[/]"
     )
+    if answer.num_gpus > 1:
+        console.print(f"  x {answer.num_gpus} GPUs = [bold]{gib(answer.total_vram_bytes)} GiB[/] "
+                      "in total (the sum nvidia-smi shows over the GPUs)")
+    if answer.host_memory_bytes:
+        console.print(f"  host RAM for the offloaded states: [bold]"
+                      f"{gib(answer.host_memory_bytes)} GiB[/] per node")
     if prediction.fallback_reason:
         console.print(f"[yellow]Fallback: {prediction.fallback_reason}.[/]")
+    if answer.num_gpus > 1:
+        console.print("  [dim]cards judged per GPU:[/]")
     for card in prediction.cards:
         spare = card.spare_bytes
         detail = f"{gib(spare)} GiB spare" if spare >= 0 else f"{gib(-spare)} GiB short"

@@ -139,9 +139,32 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
     ),
     "num_gpus": (Annotated[int | None, typer.Option(help="GPUs (data parallel).")], "num_gpus"),
     "zero_stage": (
-        Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3.")],
+        Annotated[int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3 (wins over a config).")],
         "zero_stage",
     ),
+    "deepspeed": (
+        Annotated[str | None, typer.Option(help="DeepSpeed JSON (or ds_z3_config.json & co.).")],
+        None,
+    ),
+    "accelerate_config": (
+        Annotated[str | None, typer.Option(help="accelerate config YAML (FSDP, DeepSpeed).")],
+        None,
+    ),
+    "distributed": (
+        Annotated[str | None, typer.Option(help="none | ddp | deepspeed | fsdp.")], "distributed",
+    ),
+    "num_nodes": (Annotated[int | None, typer.Option(help="Nodes the GPUs are on.")], "num_nodes"),
+    "offload": (
+        Annotated[str | None, typer.Option(help="CPU offload: none | optimizer | params | "
+                                                "optimizer+params.")],
+        "offload",
+    ),
+    "fsdp_sharding": (
+        Annotated[str | None, typer.Option(help="FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | "
+                                                "NO_SHARD.")],
+        "fsdp_sharding",
+    ),
+    "fsdp_version": (Annotated[int | None, typer.Option(help="FSDP 1 or 2.")], "fsdp_version"),
     "framework": (
         Annotated[str | None, typer.Option(help="llamafactory | trl (who wraps the model).")],
         "framework",
@@ -159,6 +182,10 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
     "bitsandbytes_version": (
         Annotated[str | None, typer.Option(help="bitsandbytes version, e.g. 0.50.2.")],
         "bitsandbytes_version",
+    ),
+    "accelerate_version": (
+        Annotated[str | None, typer.Option(help="accelerate version (FSDP), e.g. 1.11.0.")],
+        "accelerate_version",
     ),
     "override": (
         Annotated[
@@ -195,16 +222,18 @@ def spec_input_from_options(options: dict[str, Any]) -> SpecInput:
     overrides = _parse_overrides(options.get("override") or [])
     if overrides:
         fields["model_overrides"] = overrides
+    launch = {name: options[name] for name in ("deepspeed", "accelerate_config")
+              if options.get(name)}
     config, allow_unknown = options.get("config"), bool(options.get("allow_unknown"))
     if config is None and "model" not in fields:
         with resources.as_file(resources.files("vram_ml") / "examples" / EXAMPLE_CONFIG) as example:
-            read = read_llamafactory_yaml(example, fields, allow_unknown)
+            read = read_llamafactory_yaml(example, {**fields, **launch}, allow_unknown)
         source = f"example ({EXAMPLE_CONFIG})"
     elif config is not None:
-        read = read_llamafactory_yaml(config, fields, allow_unknown)
+        read = read_llamafactory_yaml(config, {**fields, **launch}, allow_unknown)
         source = str(config)
     else:
-        return spec_input_from_fields(fields, "flags")
+        return spec_input_from_fields(fields, "flags", launch, read_files=True)
     return SpecInput.from_read(read, source)
 
 

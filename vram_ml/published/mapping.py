@@ -24,11 +24,7 @@ from vram_ml.published.model_ids import catalog_entry, model_problem
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # wanted settings that change peak memory a lot: without a Spec field the run is not described
-BLOCKING_WANTED = {
-    "fsdp": "FSDP {value} over {num_gpus} GPUs: not yet in the Spec",
-    "fsdp_offload": "FSDP CPU offload of parameters: not yet in the Spec",
-    "zero_offload": "DeepSpeed ZeRO offload to CPU ({value}): not yet in the Spec",
-}
+BLOCKING_WANTED: dict[str, str] = {}  # FSDP and DeepSpeed offload are Spec fields now
 METHOD_FIELDS = {
     "lora": ("lora_rank", "lora_dropout", "lora_target"),
     "qlora": ("lora_rank", "lora_dropout", "lora_target", "quant_type", "double_quant"),
@@ -153,6 +149,11 @@ def default_assumptions(spec: Spec, given: dict[str, Any], multimodal: bool) -> 
                 + stack_versions_used(spec))
     if multimodal:
         relevant += list(IMAGE_FIELDS)
+    from vram_ml.distributed import MULTI_GPU_FIELDS
+    from vram_ml.distributed import relevant as multi_gpu_relevant
+
+    relevant += [name for name in MULTI_GPU_FIELDS
+                 if name != "accelerate_version" and multi_gpu_relevant(name, spec)]
     notes = []
     for name in relevant:
         if name in given:

@@ -82,19 +82,63 @@ def wanted_stack(row: dict[str, Any], run: dict[str, Any], framework_note: str |
     distributed = row.get("distributed") or ""
     sharding = stack.get("fsdp_sharding_strategy") or stack.get("sharding_strategy")
     if "fsdp" in distributed or sharding:
-        request.wanted["fsdp"] = str(sharding or "FULL_SHARD").split(" ")[0]
-        if as_flag(stack.get("fsdp_offload_params")) or _offloads(stack, "param"):
-            request.wanted["fsdp_offload"] = True
+        _fsdp_fields(request, stack, str(sharding or "FULL_SHARD").split(" ")[0])
+        accelerate = exact_version(row.get("accelerate_version"))  # its FSDP rules (StackRules)
+        if accelerate:
+            request.wanted["accelerate_version"] = accelerate
     elif "deepspeed" in distributed:
-        stage = as_int(stack.get("zero_stage"))
-        if stage is not None:
-            request.set("zero_stage", stage)
-        else:  # the Spec's default (no DeepSpeed) would describe another run
-            request.block("DeepSpeed run whose ZeRO stage the source does not state")
-        offload = _offloads(stack, "")
-        if offload:
-            request.wanted["zero_offload"] = offload
+        _deepspeed_fields(request, stack, run)
     return request
+
+
+def _fsdp_fields(request: SpecRequest, stack: dict[str, Any], sharding: str) -> None:
+    """FSDP as the source's accelerate config / trainer states it (vram_ml/accelerate_config)."""
+    from vram_ml.accelerate_config import sharding_of
+    from vram_ml.spec import SpecError
+
+    try:
+        request.set("fsdp_sharding", sharding_of(sharding))
+    except SpecError as error:
+        request.block(str(error))
+        return
+    request.set("distributed", "fsdp")
+    version = as_int(stack.get("fsdp_version"))
+    if version is not None:
+        request.set("fsdp_version", version)
+    if as_flag(stack.get("fsdp_offload_params")) or _offloads(stack, "param"):
+        request.set("offload", "optimizer+params", "FSDP CPU offload: parameters, gradients and "
+                    "the optimizer step on the CPU")
+
+
+def _deepspeed_fields(request: SpecRequest, stack: dict[str, Any], run: dict[str, Any]) -> None:
+    """DeepSpeed through the same reader as a user's JSON (vram_ml/deepspeed_config): the
+    stage and offload the source states, DeepSpeed's defaults for the keys it leaves out."""
+    from vram_ml.deepspeed_config import read_deepspeed_config
+    from vram_ml.launch_configs import hidden_size_of
+    from vram_ml.spec import SpecError
+
+    stage = as_int(stack.get("zero_stage"))
+    if stage is None:  # DeepSpeed's default (0) would be a guess at another run
+        request.block("DeepSpeed run whose ZeRO stage the source does not state")
+        return
+    offload = _offloads(stack, "") or ""
+    zero: dict[str, Any] = {"stage": stage}
+    for word, key in (("optimizer", "offload_optimizer"), ("params", "offload_param")):
+        if word in offload:
+            zero[key] = {"device": "cpu"}
+    entry = catalog_entry(run.get("model"))
+    try:
+        read = read_deepspeed_config({"zero_optimization": zero},
+                                     hidden_size_of({"model": entry.hf_id}) if entry else 0)
+    except SpecError as error:
+        request.block(str(error))
+        return
+    for name, value in read.fields.items():
+        request.set(name, value)
+    if any(key in stack for key in ("zero_stage", "offload_optimizer_device")):
+        request.assumptions.append("DeepSpeed bucket sizes not stated: DeepSpeed 0.18.9's defaults "
+                                   "(reduce_bucket_size 5e8, stage3 prefetch 5e7, persistence "
+                                   "threshold 1e5, overlap_comm on for ZeRO-3)")
 
 
 def _offloads(stack: dict[str, Any], kind: str) -> str | None:

@@ -213,7 +213,9 @@ def fsdp_qlora(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
     stack = stack_settings(run)
     sharding = str(stack.get("sharding_strategy") or "")
     if "use_ddp" in sharding:
-        request.wanted.pop("fsdp", None)
+        for name in ("fsdp_sharding", "offload"):
+            request.fields.pop(name, None)
+        request.set("distributed", "ddp" if (request.fields.get("num_gpus") or 1) > 1 else "none")
         request.assumptions.append("distributed=DDP: train.py --use_ddp True wraps the model in "
                                    "DistributedDataParallel (one full copy per GPU)")
     method = run.get("method")

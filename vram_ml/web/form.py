@@ -22,7 +22,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "precision", "gradient_checkpointing", "attention", "optimizer", "liger_kernel",
     ),
     "vision (VLMs)": IMAGE_FIELDS,
-    "GPUs": ("num_gpus", "zero_stage"),
+    "GPUs": ("num_gpus", "distributed", "zero_stage", "offload", "fsdp_sharding", "fsdp_version",
+             "num_nodes", "zero_reduce_bucket_size", "zero_overlap_comm",
+             "zero_prefetch_bucket_size", "zero_persistence_threshold",
+             "zero_max_live_parameters", "zero_max_reuse_distance"),
     "stack": STACK_FIELDS,
 }
 # field -> {other field: values under which it matters}; the page dims it otherwise
@@ -32,7 +35,14 @@ RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
     "double_quant": {"method": ["qlora"]},
     "freeze_trainable_layers": {"method": ["freeze"]},
     **{name: {"method": ["lora", "qlora"]} for name in GROUPS["LoRA"]},
-    "zero_stage": {"num_gpus": ["2+"]},
+    "zero_stage": {"distributed": ["deepspeed"]},
+    "offload": {"distributed": ["deepspeed", "fsdp"]},
+    "fsdp_sharding": {"distributed": ["fsdp"]},
+    "fsdp_version": {"distributed": ["fsdp"]},
+    "accelerate_version": {"distributed": ["fsdp"]},
+    **{name: {"distributed": ["deepspeed"]} for name in (
+        "zero_reduce_bucket_size", "zero_overlap_comm", "zero_prefetch_bucket_size",
+        "zero_persistence_threshold", "zero_max_live_parameters", "zero_max_reuse_distance")},
     **{name: {"model": ["multimodal"]} for name in IMAGE_FIELDS},
 }
 

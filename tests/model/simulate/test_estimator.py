@@ -48,7 +48,7 @@ def test_registry_builds_the_estimator():
 
 @pytest.mark.parametrize("fields,message", [
     (dict(liger_kernel=True), "liger_kernel"),
-    (dict(num_gpus=2), "num_gpus"),
+    (dict(num_gpus=2), "ddp is not simulated"),
 ])
 def test_refusals_are_one_line(fields, message):
     with pytest.raises(ValueError, match=message) as error:

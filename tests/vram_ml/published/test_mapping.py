@@ -149,7 +149,6 @@ def test_a_qwen_row_maps_to_another_catalog_model_through_the_readme_reader():
 
 
 @pytest.mark.parametrize("reason", [
-    "FSDP FULL_SHARD over 2 GPUs: not yet in the Spec",
     "GPTQ 4-bit base through the AutoGPTQ plugin: not in the Spec",
     "fms fused-ops-and-kernels plugin",
     "pure fp16 training",
@@ -170,22 +169,44 @@ def test_a_relabelled_copy_is_not_counted_twice():
                           for r in copies)
 
 
+def test_an_fsdp_row_maps_to_its_sharding():
+    """fms-acceleration's FSDP rows (accelerate.yaml: FULL_SHARD, no offload) map to FSDP1 on
+    their GPUs; fsdp_qlora's CPU-offload rows to FSDP's offload of everything."""
+    row = next(r for r in ROWS if r["source"] == "fms-acceleration" and r["mapping"] == "mapped"
+               and r["distributed"] == "fsdp")
+    spec = json.loads(remapped(row)["spec"])
+    assert (spec["distributed"], spec["fsdp_sharding"], spec["fsdp_version"], spec["offload"]) == (
+        "fsdp", "FULL_SHARD", 1, "none") and spec["num_gpus"] == int(row["gpu_count"])
+    offloaded = next(r for r in ROWS if r["source"] == "fsdp_qlora" and r["mapping"] == "mapped"
+                     and "params:cpu" in r["run"])
+    assert json.loads(remapped(offloaded)["spec"])["offload"] == "optimizer+params"
+
+
+def test_a_deepspeed_row_takes_deepspeeds_defaults_for_what_it_leaves_out():
+    row = next(r for r in ROWS if r["source"] == "glm-4" and r["mapping"] == "mapped"
+               and "deepspeed" in r["distributed"])
+    again = remapped(row)
+    spec = json.loads(again["spec"])
+    assert spec["zero_stage"] == 3 and spec["zero_overlap_comm"] is True
+    assert spec["zero_reduce_bucket_size"] == 500_000_000
+    assert "DeepSpeed 0.18.9's defaults" in again["assumptions"]
+
+
 def test_a_field_added_to_the_spec_is_filled_with_no_other_change(monkeypatch):
-    """Once the Spec has an `fsdp` field, an FSDP row is no longer blocked: the field is passed to
-    build_spec with the run's sharding (here build_spec is a stand-in that records its fields)."""
-    row = next(r for r in ROWS if r["unmapped_reason"] ==
-               "FSDP FULL_SHARD over 2 GPUs: not yet in the Spec")
+    """Once the Spec has a `stage` field, the run's training stage is passed to build_spec with no
+    other change (here build_spec is a stand-in that records its fields)."""
+    row = next(r for r in ROWS if r["source"] == "fms-acceleration" and r["mapping"] == "mapped")
     captured = {}
 
     def fake_build_spec(**fields):
         captured.update(fields)
         raise mapping.SpecError("recorded")
 
-    monkeypatch.setattr(mapping, "spec_fields", lambda: set(mapping.Spec.model_fields) | {"fsdp"})
+    monkeypatch.setattr(mapping, "spec_fields", lambda: set(mapping.Spec.model_fields) | {"stage"})
     monkeypatch.setattr(mapping, "build_spec", fake_build_spec)
     again = remapped(row)
     assert again["unmapped_reason"] == "the Spec rejects the run: recorded"
-    assert captured["fsdp"] == "FULL_SHARD" and captured["num_gpus"] == 2
+    assert captured["stage"] == "sft" and captured["num_gpus"] == int(row["gpu_count"] or 1)
 
 
 def test_a_deepspeed_run_whose_stage_is_not_stated_is_not_mapped_as_plain_ddp():
