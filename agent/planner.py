@@ -25,6 +25,7 @@ import yaml
 
 from vram_ml.agent.space_file import validate_space
 from vram_ml.defaults import STAGE_FIELDS
+from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 from vram_ml.stages import stage_fields_that_apply, stage_refusal
@@ -180,6 +181,8 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         return None  # a stage step the recipe cannot run (LLaMA-Factory would fail too)
     if spec.images_per_sample * image_tokens(spec) > spec.seq_len:
         return None  # the images alone would not fit in seq_len (the recipe refuses it)
+    if grouped_mm_dtype_problem(spec, spec.resolved_model.shape):
+        return None  # fused experts outside bf16: the recipe refuses it (torch grouped_mm)
     return spec
 
 

@@ -14,7 +14,8 @@ from vram_ml.stages import stage_refusal
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
-SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl")
+SUPPORTED_VLMS = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "gemma3",
+                  "mistral3")
 
 
 def recipe_refusal(spec: Spec) -> str:

@@ -24,5 +24,8 @@ def catalog_rows(family: str | None = None) -> list[dict[str, Any]]:
             "vocab_size": shape.vocab_size,
             "max_position_embeddings": shape.max_position_embeddings,
             "multimodal": shape.is_multimodal,
+            "moe": shape.num_experts > 0,
+            "num_experts": shape.num_experts,
+            "source": entry.source,
         })
     return rows

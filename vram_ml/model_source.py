@@ -6,9 +6,11 @@ Three kinds, tried in this order:
 3. hub: any other `owner/name` id, fetched with transformers' `AutoConfig` when the hub is
    reachable (never with `trust_remote_code`); a clear error offline.
 
-Catalog files are small JSON: {"hf_id", "family", "aliases", "config": {the real config.json's
-numbers}}. `model_overrides` (dotted keys for nested configs, e.g. `text_config.num_hidden_layers`)
-turn a real config into a scaled-down variant, which is how the agent covers many shapes cheaply.
+Catalog files are small JSON: {"hf_id", "family", "aliases", "source", "config": {the real
+config.json's numbers}}; `source` names where the config was copied from (repo@commit:path) and
+`source_note` any edit made to it. `model_overrides` (dotted keys for nested configs, e.g.
+`text_config.num_hidden_layers`) turn a real config into a scaled-down variant, which is how the
+agent covers many shapes cheaply.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vram_ml.architectures import ModelShape, UnsupportedArchitecture, shape_from_config
+from vram_ml.architectures import (
+    IncompleteConfig,
+    ModelShape,
+    UnsupportedArchitecture,
+    check_size_keys,
+    shape_from_config,
+)
 
 CATALOG_PACKAGE = "vram_ml.catalog"
 MAX_CONFIG_BYTES = 1_000_000  # a real config.json is a few KB; refuse to read anything large
@@ -40,6 +48,7 @@ class CatalogEntry:
     family: str
     aliases: tuple[str, ...]
     config: dict[str, Any]
+    source: str = ""  # repo@commit:path of the copied config.json ("" for the first catalog)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ def load_catalog() -> dict[str, CatalogEntry]:
             family=raw["family"],
             aliases=tuple(raw.get("aliases", ())),
             config=raw["config"],
+            source=raw.get("source", ""),
         )
         entries[entry.hf_id] = entry
     return entries
@@ -107,13 +117,28 @@ def resolve_model(source: str, overrides: dict[str, Any] | None = None) -> Resol
         name, family = _config_name(config), config.get("model_type", "unknown")
     config = apply_overrides(config, overrides or {})
     try:
-        shape = shape_from_config(config)
-    except UnsupportedArchitecture as error:
+        shape = _shape(config)
+    except (UnsupportedArchitecture, IncompleteConfig) as error:
         raise ModelSourceError(f"model {source!r}: {error}") from None
     except (KeyError, TypeError, ValueError, ArithmeticError) as error:
         raise ModelSourceError(f"model {source!r}: config lacks or mangles field {error}") from None
     _check_shape(source, shape)
     return ResolvedModel(name=name, source_kind=kind, family=family, config=config, shape=shape)
+
+
+def _shape(config: dict[str, Any]) -> ModelShape:
+    """The builder's shape, refused when the config sets none of the numbers that decide memory.
+    The builder runs first so that an unknown model_type, or a variant a builder refuses by name,
+    says so; a builder that failed on a missing key gets the missing numbers' reason if any."""
+    try:
+        shape = shape_from_config(config)
+    except UnsupportedArchitecture:
+        raise
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        check_size_keys(config)
+        raise
+    check_size_keys(config)
+    return shape
 
 
 # A config's sizes must be positive whole numbers of a plausible magnitude: every estimator
@@ -150,12 +175,30 @@ def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[s
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ModelSourceError(f"model_overrides: {dotted!r} must be a positive number")
         node[key] = value
+        if key == "num_hidden_layers":
+            _cut_per_layer_lists(node, int(value))
     return result
+
+
+# Per-layer lists a config may spell out; fewer layers keep the first ones (transformers checks
+# that `layer_types` has one entry per layer).
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+
+
+def _cut_per_layer_lists(node: dict[str, Any], layers: int) -> None:
+    for key in PER_LAYER_LISTS:
+        if isinstance(node.get(key), list) and len(node[key]) > layers:
+            node[key] = node[key][:layers]
 
 
 def _is_optional_numeric_key(key: str) -> bool:
     # Configs may omit these and rely on transformers' defaults; overriding them is still valid.
+    # Special-token ids may need moving below a smaller vocabulary (a scaled-down VLM).
+    if key.endswith(("_token_id", "_token_index")):
+        return True
     return key in {
+        "vocab_size",
+        "pad_token_id",
         "head_dim",
         "num_key_value_heads",
         "intermediate_size",

@@ -14,14 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas import experts
 from vram_ml.model.formulas.model_states import Dtypes, layer_norm_params
-from vram_ml.model.formulas.parameters import (
-    adapter_tensors,
-    freeze_vision_blocks,
-    numel,
-    trainable_parameters,
-    vision_linear_tensors,
-)
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -29,8 +23,12 @@ if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
 # transformers models whose norms are nn.LayerNorm (the rest use an RMSNorm that upcasts to fp32).
-LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm"})
-QK_NORM_TYPES = frozenset({"qwen3"})  # per-head RMSNorm on q and k (fp32 copies of both)
+LAYERNORM_TYPES = frozenset({"phi", "gpt_neox", "bloom", "gpt_bigcode", "falcon", "stablelm",
+                             "starcoder2"})
+# CohereLayerNorm: an fp32 copy, `(h - mean)` computed twice (saved by pow and by the mul with
+# rsqrt: 8 bytes per element), `weight * h` saves the fp32 normalized h when the weight trains;
+# the output is cast back to the input dtype. Its q/k norms (`use_qk_norm`) are the same module.
+FP32_LAYERNORM_TYPES = frozenset({"cohere"})
 # Liger's kernels (RMSNorm, SwiGLU, fused linear cross-entropy) patch these model types;
 # LLaMA-Factory ignores `enable_liger_kernel` for the others.
 LIGER_MODEL_TYPES = frozenset({
@@ -73,6 +71,15 @@ DEFAULT_DROPOUT = {"gpt_bigcode": {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_
 # --- activations ------------------------------------------------------------------------------
 
 
+def attention_kind(spec: Spec, shape: ModelShape) -> str:
+    """The attention that runs: `spec.attention`, but SDPA (LLaMA-Factory's `flash_attn: auto`)
+    falls back to eager where transformers has no SDPA path (gpt-oss: `_supports_sdpa = False`,
+    its sinks)."""
+    if spec.attention == "sdpa" and not shape.attention.sdpa:
+        return "eager"
+    return spec.attention
+
+
 def liger_applies(spec: Spec) -> bool:
     return spec.liger_kernel and spec.resolved_model.shape.model_type in LIGER_MODEL_TYPES
 
@@ -102,6 +109,8 @@ def _role(lin: LinearShape, shape: ModelShape) -> str:
         if name in names:
             return role
     hidden, inter = shape.hidden_size, shape.intermediate_size
+    if lin.out_features == 1:  # Qwen2-MoE's shared_expert_gate reads the MLP's input
+        return "mlp_in"
     if lin.out_features != hidden:
         return "mlp_in" if lin.count > 1 or lin.out_features in (inter, 2 * inter) else "attn_in"
     return "mlp_out" if lin.count > 1 or lin.in_features == inter else "attn_out"
@@ -137,6 +146,8 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
     if shape.model_type in LAYERNORM_TYPES:
         width = 4 if dt.autocast else dt.hidden
         return hidden * width, max(1, other // (2 * hidden)), width
+    if shape.model_type in FP32_LAYERNORM_TYPES:  # one norm per layer (parallel block)
+        return hidden * (8 + (4 if trainable else 0)), 1, dt.hidden
     count = max(1, other // hidden)
     if liger_applies(spec):
         return hidden * dt.hidden, count, dt.hidden
@@ -147,10 +158,12 @@ def _norms(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> tuple[
 
 
 def _qk_norms(shape: ModelShape) -> int:
-    """Qwen3's per-head q/k RMSNorms keep fp32 copies of q and k, per token."""
-    if shape.model_type not in QK_NORM_TYPES:
+    """q/k norms (per head: Qwen3, Gemma 3; over all heads: OLMo 2, MiniMax-M2) keep fp32 copies
+    of q and k, per token."""
+    if not shape.attention.qk_norm:
         return 0
-    return 4 * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
+    per_element = 8 if shape.model_type in FP32_LAYERNORM_TYPES else 4
+    return per_element * (shape.num_attention_heads + shape.num_key_value_heads) * shape.head_dim
 
 
 def dropout_rates(spec: Spec) -> tuple[float, float, float]:
@@ -158,9 +171,10 @@ def dropout_rates(spec: Spec) -> tuple[float, float, float]:
     config = spec.resolved_model.config
     config = {**DEFAULT_DROPOUT.get(config.get("model_type"), {}), **config,
               **(config.get("text_config") or {})}
-    residual = config.get("resid_pdrop") or config.get("hidden_dropout") or 0.0
+    residual = (config.get("resid_pdrop") or config.get("hidden_dropout")
+                or config.get("residual_dropout") or 0.0)
     attention = config.get("attn_pdrop") or config.get("attention_dropout") or 0.0
-    embedding = config.get("embd_pdrop") or 0.0
+    embedding = config.get("embd_pdrop") or config.get("embedding_dropout") or 0.0
     if spec.stage in ("dpo", "kto"):  # disable_dropout_in_model: nn.Dropout modules to p = 0
         residual = embedding = 0.0
     return float(residual), float(embedding), float(attention)
@@ -174,8 +188,13 @@ def _attention_core(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int) -> int:
     heads = shape.num_attention_heads
     q = heads * shape.head_dim
     kv = q if shape.model_type in EXPANDED_KV_TYPES else shape.num_key_value_heads * shape.head_dim
-    if spec.attention == "eager":
-        probs = 4 + (dt.compute if dt.compute < 4 else 0) + (1 if dropout_rates(spec)[2] else 0)
+    dropout = 1 if dropout_rates(spec)[2] else 0
+    if attention_kind(spec, shape) == "eager" and shape.attention.sinks:
+        # gpt-oss: a softmax in the compute dtype over the scores + one sink column, and the
+        # row max's int64 indices (modeling_gpt_oss.py eager_attention_forward)
+        return 3 * q * dt.compute + heads * (seq + 1) * (dt.compute + dropout) + heads * 8
+    if attention_kind(spec, shape) == "eager":
+        probs = 4 + (dt.compute if dt.compute < 4 else 0) + dropout
         return 3 * q * dt.compute + heads * seq * probs
     if shape.model_type in MATH_SDPA_TYPES and kv < q and spec.attention == "sdpa":
         return 3 * q * 4 + heads * seq * 4
@@ -206,17 +225,26 @@ def mlp_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, expert: bool) -> int:
     return max(dt.compute, _norms(spec, shape, dt, False)[2])
 
 
-def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes) -> float:
+def _mlp_activations(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool) -> float:
     """Per token: gated MLP keeps act input, act output, up (3 I; Liger's SwiGLU 2 I); plain MLP
-    the activation's saved input(s); experts x top-k, + the expert output (scaled by its routing
-    weight) + router logits, their fp32 copy and probabilities."""
+    the activation's saved input(s); routed experts what experts.py says."""
     total = 0
-    for inter, gated, per_token, expert in _mlp_groups(shape):
+    lora_experts = bool(experts.lora_expert_ranks(spec, shape))
+    for inter, gated, _, expert in _mlp_groups(shape):
+        if expert and shape.has_fused_experts:  # LoRA on fused experts: their inputs saved
+            total += experts.expert_saved_per_token(shape, inter, gated, dt,
+                                                    trainable or lora_experts)
+            continue
         width = mlp_bytes(spec, shape, dt, expert)
+        per_token = shape.num_experts_per_tok if expert else 1
         saved = (2 if liger_applies(spec) and not expert else 3) * width if gated else (
             activation_bytes(spec.resolved_model.config.get("hidden_act"), dt))
+        # transformers 4.x experts (one nn.Linear each, StackRules.fused_experts): k expert
+        # MLPs per token, their outputs scaled by the routing weight, the router's logits
         total += per_token * (saved * inter + (shape.hidden_size * dt.compute if expert else 0))
-    return total + shape.num_experts * (dt.compute + 8)
+    if shape.num_experts and not shape.has_fused_experts:
+        total += shape.num_experts * (dt.compute + 8)
+    return total
 
 
 def activation_bytes(name: str | None, dt: Dtypes) -> int:
@@ -246,7 +274,7 @@ def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
     (autocast recasts an fp32 input per linear); frozen nn.Linear and 4-bit layers keep nothing,
     8-bit MatMul8bitLt keeps its input; LoRA keeps what `lora_input_bytes` says + lora_A's output.
     Linears of one role read one tensor, kept once; SDPA already keeps o_proj's input."""
-    targets = set(spec.target_modules) if spec.method in ("lora", "qlora") else set()
+    targets = experts.lora_linear_targets(spec, shape)
     lora_out = dt.compute if dt.autocast else dt.trainable
     total = 0
     for (role, expert), members in _layout(shape).items():
@@ -267,7 +295,7 @@ def _linear_inputs(spec: Spec, shape: ModelShape, dt: Dtypes, trainable: bool,
                 keeps_x, copy = lora_input_bytes(x_bytes, dt, spec)
                 shared |= keeps_x
                 own += lin.in_features * copy + spec.lora_rank * lora_out
-        sdpa_out = role == "attn_out" and spec.attention != "eager"
+        sdpa_out = role == "attn_out" and attention_kind(spec, shape) != "eager"
         total += per_token * (own + (members[0].in_features * x_bytes
                                      if shared and not sdpa_out else 0))
     return total
@@ -283,7 +311,7 @@ def _layer_halves(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
     masks = 2 * shape.hidden_size if dropout_rates(spec)[0] else 0
     first = (one_norm + _qk_norms(shape) + _attention_core(spec, shape, dt, seq)
              + _linear_inputs(spec, shape, dt, trainable, norm_out, ("attn_in",)))
-    second = (one_norm * (norms - 1) + _mlp_activations(spec, shape, dt) + masks
+    second = (one_norm * (norms - 1) + _mlp_activations(spec, shape, dt, trainable) + masks
               + _linear_inputs(spec, shape, dt, trainable, norm_out,
                                ("attn_out", "mlp_in", "mlp_out")))
     return first, second
@@ -309,27 +337,15 @@ def checkpoint_kept_per_token(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     return kept
 
 
-def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
-    """(trainable matmul weights, of which the output head): under CUDA autocast each fp32
-    trainable weight a matmul reads gets a cached half copy, saved for backward by its op."""
-    head = (shape.lm_head_params or shape.embedding_params) if spec.method == "full" else 0
-    if spec.method == "full":
-        layers = shape.num_layers
-    elif spec.method == "freeze":
-        layers = spec.freeze_trainable_layers
-    else:
-        return numel(adapter_tensors(spec, shape)), 0
-    weights = layers * sum(lin.count * lin.in_features * lin.out_features
-                           for lin in shape.layer_linears)
-    if spec.method == "full" and shape.vision is not None and not spec.freeze_vision_tower:
-        weights += numel(vision_linear_tensors(shape))
-    blocks = freeze_vision_blocks(spec, shape)
-    if blocks:
-        weights += blocks * sum(lin.params - (lin.out_features if lin.bias else 0)
-                                for lin in shape.vision.layer_linears)
-    if trainable_parameters(spec).projector:
-        weights += shape.projector_params
-    return weights + head, head
+def _lora_backward_transient(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Per token, LoRA's input-gradient path at the widest targeted linear: peft cast the input
+    to the adapter dtype (fp32) and autocast cast it back for lora_A, so backward makes the
+    input's gradient in the compute dtype and in fp32 (the cast's backward) at once."""
+    targets = experts.lora_linear_targets(spec, shape)
+    widths = [lin.in_features for lin in shape.layer_linears if lin.name in targets]
+    if not widths or dt.trainable == dt.compute:
+        return 0
+    return max(widths) * (dt.trainable + dt.compute)
 
 
 def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int,
@@ -341,13 +357,21 @@ def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int
     dk, dv, fp32 dq_accum, dk/dv expanded to all heads under GQA, fp32 softmax_d)."""
     heads, hd, kv = shape.num_attention_heads, shape.head_dim, shape.num_key_value_heads
     dt = dt.in_layer(trainable)
-    if spec.attention == "eager":
+    if attention_kind(spec, shape) == "eager" and shape.attention.sinks:
+        # the compute-dtype softmax's backward: its result and the incoming gradient, the
+        # gradient of the scores + sink, then of the scores alone
+        attention = heads * (seq + 1) * 3 * dt.compute
+    elif attention_kind(spec, shape) == "eager":
         attention = heads * seq * (12 - 4 - (dt.compute if dt.compute < 4 else 0))
     else:
         expanded = 2 * heads * hd * dt.compute if kv < heads else 0
         attention = (heads + 2 * kv) * hd * dt.compute + heads * hd * 4 + expanded + heads * 4
-    mlp = max((per * 2 * inter * mlp_bytes(spec, shape, dt, expert)
-               for inter, _, per, expert in _mlp_groups(shape)), default=0)
+    mlp = max([2 * inter * mlp_bytes(spec, shape, dt, expert) * (per if expert else 1)
+               for inter, _, per, expert in _mlp_groups(shape)
+               if not (expert and shape.has_fused_experts)]
+              + [experts.expert_transient_per_token(shape, dt),
+                 _lora_backward_transient(spec, shape, dt)
+                 + experts.pending_routed_gradient(shape, dt)])
     first, second = _layer_halves(spec, shape, dt, seq, trainable)
     if spec.gradient_checkpointing:  # the recomputed layer, then freed half by half
         worst = max(first + second + mlp, first + attention)

@@ -6,6 +6,8 @@ during part of a step. In steady state (step >= 2: optimizer states exist;
 `zero_grad(set_to_none=True)` freed the gradients) the allocated peak is the largest of these
 moments (and of `load`, before training):
 
+- `layer_forward` (MoE): resident + saved activations + what the last layer's routed experts
+  hold while they run (experts.py), before the logits exist.
 - `forward_end`: the loss forward, still inside autocast: resident state + every activation saved
   for backward + the logits, their fp32 upcast and log-softmax output (10 bytes per logit) + the
   half weight copies autocast caches for checkpointed layers (freed when forward returns).
@@ -21,6 +23,8 @@ moments (and of `load`, before training):
 - `backward_end`: resident + all gradients + a tied embedding's second gradient (the input
   embedding's, added into the output head's).
 - `vision_forward` (VLMs): resident + the vision tower's working set over all images.
+- `vision_backward` (VLMs whose tower is in the graph): resident + all gradients + the tower's
+  saved tensors, one block recomputed and its backward working set.
 - `optimizer_step`: resident + all gradients + the optimizer's temporaries; activations freed.
 - `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
   asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
@@ -60,9 +64,10 @@ from typing import TYPE_CHECKING
 from vram_ml.distributed import describe
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
-from vram_ml.model.formulas import stages, vision
+from vram_ml.model.formulas import experts, stages, vision
 from vram_ml.model.formulas.distributed import layout
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
+from vram_ml.model.formulas.parameters import autocast_weight_params
 from vram_ml.model.formulas.stack import ENTROPY_CHUNK_ROWS, ENTROPY_FROM, StackRules
 from vram_ml.model.formulas.stack_notes import stack_notes
 from vram_ml.sample import peak_vram
@@ -86,8 +91,9 @@ UPPER_BASIS = f"assumed margin: peak + {UPPER_MARGIN:.0%}, not calibrated on GPU
 # torch's cuBLAS workspace on sm90 (4096 KiB x 8): allocated through the caching allocator at the
 # first matmul and kept, so it is part of the allocated peak (simulate replays it too).
 CUBLAS_WORKSPACE_BYTES = 32 * MIB
-MOMENTS = ("forward_end", "loss_metrics", "loss_backward", "head_backward", "layer_backward",
-           "backward_end", "vision_forward", "optimizer_step", "load")
+MOMENTS = ("layer_forward", "forward_end", "loss_metrics", "loss_backward", "head_backward",
+           "layer_backward", "backward_end", "vision_forward", "vision_backward", "optimizer_step",
+           "load")
 
 
 # --- analytical: what is alive when -----------------------------------------------------------
@@ -177,34 +183,35 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
     """
     seq, hidden = spec.seq_len, shape.hidden_size
     if spec.gradient_checkpointing:
-        per_token = checkpointed_layers(spec, shape) * terms.checkpoint_kept_per_token(
-            spec, shape, dt)
+        if spec.method == "freeze" and not StackRules.of(spec).checkpoints_frozen_layers:
+            last = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
+            groups = shape.groups_of_layers(last)  # LLaMA-Factory: only trainable layers
+        else:
+            groups = shape.layer_groups
+        per_token = sum(count * terms.checkpoint_kept_per_token(spec, group, dt)
+                        for count, group in groups)
     elif spec.method == "freeze":
-        per_token = spec.freeze_trainable_layers * terms.layer_activation_per_token(
-            spec, shape, dt, seq, True)
+        last = range(shape.num_layers - spec.freeze_trainable_layers, shape.num_layers)
+        per_token = sum(count * terms.layer_activation_per_token(spec, group, dt, seq, True)
+                        for count, group in shape.groups_of_layers(last))
     else:
-        per_token = shape.num_layers * terms.layer_activation_per_token(
-            spec, shape, dt, seq, spec.method == "full")
+        per_token = sum(count * terms.layer_activation_per_token(
+            spec, group, dt, seq, spec.method == "full") for count, group in shape.layer_groups)
     liger = terms.liger_applies(spec)
     per_token += hidden * (dt.hidden if liger else 4)
     if spec.method == "full" and not liger:
         per_token += 2 * hidden * dt.compute  # the norm's output (weight grad), lm_head's input
     per_token += 2 * shape.head_dim * dt.hidden
-    per_token += seq * dt.hidden if spec.attention == "eager" else 0
+    if terms.attention_kind(spec, shape) == "eager":  # the float mask, one per kind of layer
+        windowed = 0 < shape.attention.sliding_layers < shape.num_layers
+        per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
-    cast, head = terms.autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
+    cast, head = autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
     cast_saved = head if spec.gradient_checkpointing else cast
-    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec)
+    merged = 0 if spec.gradient_checkpointing else sum(
+        count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
+    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec) + merged
             + vision.vision_activation_bytes(spec, dt))
-
-
-def checkpointed_layers(spec: Spec, shape: ModelShape) -> int:
-    """Decoder layers whose input a checkpoint keeps: every layer, but LLaMA-Factory's freeze
-    tuning checkpoints only the trainable last ones and the frozen ones before them see no input
-    that requires grad (StackRules.checkpoints_frozen_layers)."""
-    if spec.method == "freeze" and not StackRules.of(spec).checkpoints_frozen_layers:
-        return spec.freeze_trainable_layers
-    return shape.num_layers
 
 
 def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
@@ -212,7 +219,7 @@ def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     (checkpointed layers'); freed when the autocast context exits, before backward."""
     if not dt.casts_trainable or not spec.gradient_checkpointing:
         return 0
-    cast, head = terms.autocast_weight_params(spec, shape)
+    cast, head = autocast_weight_params(spec, shape)
     return 2 * (cast - head) // _weight_shards(spec)
 
 
@@ -236,8 +243,10 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
     activations = saved_activations(spec, shape, dt, tokens)
     loss_set, head_extra = logits_bytes(spec, tokens, dt)
     trainable_last = spec.method in ("full", "freeze")
-    layer_extra = int(tokens * terms.layer_backward_per_token(spec, shape, dt, spec.seq_len,
+    last = shape.last_layer
+    layer_extra = int(tokens * terms.layer_backward_per_token(spec, last, dt, spec.seq_len,
                                                               trainable_last))
+    layer_extra = experts.with_merged_expert_backward(spec, last, dt, tokens, layer_extra)
     stage = stages.stage_step(given, spec, shape, dt, head_extra)
     activations += stage.extra_activations
     layer_extra += stage.extra_layer_backward
@@ -253,6 +262,9 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
                 "communication": states.gradient_buffers + shared.backward_buffers}
     turnaround = {"gathered": shared.resident_gathered + shared.gathered_forward}
     moments = {
+        "layer_forward": {**resident, **turnaround, "activations": activations, "temporaries": int(
+            tokens * experts.expert_transient_per_token(last, dt)) + (
+            experts.merged_expert_bytes(spec, last, dt) if spec.gradient_checkpointing else 0)},
         "forward_end": {**resident, **turnaround, "activations": activations,
                         "logits": forward_logits_bytes(spec, tokens, dt),
                         "temporaries": autocast_cache_extra(spec, shape, dt)},
@@ -267,6 +279,7 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
         "backward_end": {**resident, "temporaries": states.tied_gradient,
                          "communication": states.gradient_buffers + shared.backward_end},
         "vision_forward": {**resident, "activations": vision.vision_forward_bytes(spec, dt)},
+        "vision_backward": {**resident, "activations": vision.vision_backward_bytes(spec, dt)},
         "optimizer_step": {**resident, "temporaries": states.optimizer_temporaries},
         "load": {"weights": states.weights if shared.load_weights is None
                  else shared.load_weights,
@@ -284,6 +297,7 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
         "head_backward": states.head_gradients,
         "layer_backward": states.head_gradients + states.layer_gradients,
         "backward_end": states.gradients,
+        "vision_backward": states.gradients,
         "optimizer_step": states.gradients,
     }
     for moment, gradients in made.items():
@@ -312,7 +326,7 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
 
 
 def _notes(spec: Spec, shape: ModelShape) -> list[str]:
-    notes = []
+    notes = [note for note in (experts.grouped_mm_dtype_problem(spec, shape),) if note]
     if spec.liger_kernel and not terms.liger_applies(spec):
         notes.append(f"liger_kernel: not supported for {shape.model_type}; estimated without it")
     if spec.method == "freeze" and spec.precision == "no_amp":

@@ -128,15 +128,18 @@ def layer_norm_params(shape: ModelShape) -> int:
 def frozen_kind_params(shape: ModelShape) -> dict[str, int]:
     """QLoRA's unquantized parameters by `StackRules.frozen_bytes` kind: norms (per layer + the
     final one), embeddings + output head, and the rest (fused experts, routers, biases of the
-    quantized linears, the vision tower's non-linear parameters, extra glue)."""
-    per_layer = layer_norm_params(shape)
-    fused = sum(lin.params for lin in shape.layer_linears if lin.fused)
-    biases = sum(lin.out_features * lin.count for lin in shape.layer_linears
-                 if lin.bias and not lin.fused)
-    other = shape.num_layers * (fused + biases + shape.layer_other_params - per_layer)
+    quantized linears, the vision tower's non-linear parameters, extra glue), per layer group."""
+    norms = other = 0
+    for count, group in shape.layer_groups:
+        per_layer = layer_norm_params(group)
+        fused = sum(lin.params for lin in group.layer_linears if lin.fused)
+        biases = sum(lin.out_features * lin.count for lin in group.layer_linears
+                     if lin.bias and not lin.fused)
+        norms += count * per_layer
+        other += count * (fused + biases + group.layer_other_params - per_layer)
     if shape.vision is not None:
         other += shape.vision.tower_params - numel(vision_linear_tensors(shape))
-    return {"norm": shape.num_layers * per_layer + shape.final_norm_params,
+    return {"norm": norms + shape.final_norm_params,
             "embedding": shape.embedding_params + shape.lm_head_params,
             "other": other + shape.extra_params}
 
@@ -151,14 +154,25 @@ def upcast_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
                for kind, params in frozen_kind_params(shape).items())
 
 
+def fp32_kept_bytes(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
+    """Parameters transformers creates in fp32 whatever the load dtype (DeepSeek / GLM-4.5 routers,
+    gpt-oss norms: ModelShape.fp32_params), beyond their dtype's bytes (unless a QLoRA cast
+    already made the "other" parameters fp32)."""
+    kept = dt.trainable if spec.method == "full" else dt.frozen
+    if spec.method == "qlora" and StackRules.of(spec).frozen_bytes("other", dt.frozen) == 4:
+        return 0
+    return shape.fp32_params * max(0, 4 - kept)
+
+
 def quantized_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     """What transformers' bitsandbytes integration quantizes: every nn.Linear but the output head
     (get_keys_to_not_convert), so the vision tower and projector too; fused experts are not
     nn.Linear and stay in the compute dtype."""
     if spec.method != "qlora":
         return []
-    tensors = [(lin.out_features, lin.in_features, lin.count * shape.num_layers)
-               for lin in shape.layer_linears if not lin.fused]
+    tensors = [(lin.out_features, lin.in_features, lin.count * layers)
+               for layers, group in shape.layer_groups for lin in group.layer_linears
+               if not lin.fused]
     if shape.vision is not None:
         tensors += vision_linear_tensors(shape) + projector_tensors(shape)[:1]
     return tensors
@@ -285,6 +299,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     weights = int(packed * (spec.quant_bits or 8) / 8)
     weights += frozen * rules.fsdp_frozen_bytes(spec, dt.frozen)
     weights += base_params * dt.trainable + upcast_bytes(spec, shape, dt)
+    weights += fp32_kept_bytes(spec, shape, dt)
     trainable = base + adapters
     params = base_params + adapter_params
     state_bytes = 4 if dt.master else dt.trainable
@@ -297,7 +312,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     shard_w, shard_g, shard_o = plan.weight_shards, plan.gradient_shards, plan.optimizer_shards
     gradients = gpu_states * params * dt.trainable // shard_g
     head = shape.lm_head_params or shape.embedding_params
-    one_layer = (shape.layer_params if spec.method in ("full", "freeze")
+    one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
     from vram_ml.model.formulas.distributed_counts import host_bytes, param_counts

@@ -12,7 +12,8 @@ model_utils/{misc,visual}.py), as the recipe (model/recipe/methods.py) applies t
   name fragment `.{index}.`, so a tower that is not frozen trains its blocks of the same indices
   too; a projector that is not frozen trains whole.
 - `lora` / `qlora`: adapters A (r x in) and B (out x r) on every targeted nn.Linear of the decoder
-  layers (`all`: every one but fused experts) and, when the tower is not frozen, on its blocks'
+  layers (`all`: every one but fused experts; peft 0.21 moves gate/up/down targets onto fused
+  experts where it converts them, experts.py) and, when the tower is not frozen, on its blocks'
   linears of the targeted names (`all`: every block linear). Never on the output head or the
   projector (`all` leaves projector keys out, find_all_linear_modules); no base weight trains.
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from vram_ml.model.formulas.experts import lora_expert_ranks, lora_linear_targets
 
 if TYPE_CHECKING:
     from vram_ml.architectures import LinearShape, ModelShape
@@ -47,10 +50,12 @@ def _rest(tensors: Tensors, params: int) -> Tensors:
 
 
 def vision_linear_tensors(shape: ModelShape) -> Tensors:
-    """The weights of every block linear of the tower (no biases): what bitsandbytes quantizes."""
+    """The weights of every linear of the tower, its blocks' and those outside them (no biases):
+    what bitsandbytes quantizes."""
     v = shape.vision
     return [(lin.out_features, lin.in_features, lin.count * v.num_layers)
-            for lin in v.layer_linears]
+            for lin in v.layer_linears] + [(lin.out_features, lin.in_features, lin.count)
+                                           for lin in v.outer_linears]
 
 
 def vision_tensors(shape: ModelShape) -> Tensors:
@@ -71,8 +76,14 @@ def projector_tensors(shape: ModelShape) -> Tensors:
 
 
 def layer_tensors(shape: ModelShape, layers: int) -> Tensors:
-    """`layers` decoder layers: linears (weights, biases) and norms / routers as one vector."""
-    return _rest(_linear_tensors(shape.layer_linears, layers), layers * shape.layer_params)
+    """The last `layers` decoder layers, per layer group (dense and MoE layers, ModelShape
+    `layer_groups`): linears (weights, biases) and norms / routers as one vector per group."""
+    groups = (shape.layer_groups if layers >= shape.num_layers else
+              shape.groups_of_layers(range(shape.num_layers - layers, shape.num_layers)))
+    tensors: Tensors = []
+    for count, group in groups:
+        tensors += _rest(_linear_tensors(group.layer_linears, count), count * group.layer_params)
+    return tensors
 
 
 def freeze_vision_blocks(spec: Spec, shape: ModelShape) -> int:
@@ -116,11 +127,19 @@ def _lora_pairs(rank: int, linears: tuple[LinearShape, ...], targets: set[str] |
 
 
 def adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
-    """LoRA A and B tensors (peft LoraLayer) on the decoder layers and an unfrozen tower."""
+    """LoRA A and B tensors (peft LoraLayer) on the decoder layers of every layer group and an
+    unfrozen tower; on fused experts where peft converts the targets (experts.py: one pair of
+    r x E rows per layer, peft's ParamWrapper)."""
     if spec.method not in ("lora", "qlora"):
         return []
-    targets = None if spec.lora_target == ("all",) else set(spec.lora_target)
-    tensors = _lora_pairs(spec.lora_rank, shape.layer_linears, targets, shape.num_layers)
+    targets, ranks = lora_linear_targets(spec, shape), lora_expert_ranks(spec, shape)
+    tensors: Tensors = []
+    for layers, group in shape.layer_groups:
+        tensors += _lora_pairs(spec.lora_rank, group.layer_linears, targets, layers)
+        for lin in group.layer_linears:
+            if lin.fused and lin.name in ranks:
+                rows = ranks[lin.name] * lin.count
+                tensors += [(rows, lin.in_features, layers), (lin.out_features, rows, layers)]
     return tensors + vision_adapter_tensors(spec, shape)
 
 
@@ -161,6 +180,30 @@ def trainable_parameters(spec: Spec) -> TrainableParameters:
         vision += numel(vision_block_tensors(shape, freeze_vision_blocks(spec, shape)))
         projector = 0 if spec.freeze_multi_modal_projector else shape.projector_params
     return TrainableParameters(base, adapters, vision, projector)
+
+
+def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
+    """(trainable matmul weights, of which the output head): under CUDA autocast each fp32
+    trainable weight a matmul reads gets a cached half copy, saved for backward by its op."""
+    head = (shape.lm_head_params or shape.embedding_params) if spec.method == "full" else 0
+    if spec.method == "full":
+        groups = shape.layer_groups
+    elif spec.method == "freeze":
+        groups = shape.groups_of_layers(range(shape.num_layers - spec.freeze_trainable_layers,
+                                              shape.num_layers))
+    else:
+        return numel(adapter_tensors(spec, shape)), 0
+    weights = sum(count * lin.count * lin.in_features * lin.out_features
+                  for count, group in groups for lin in group.layer_linears)
+    if spec.method == "full" and shape.vision is not None and not spec.freeze_vision_tower:
+        weights += numel(vision_linear_tensors(shape))
+    blocks = freeze_vision_blocks(spec, shape)
+    if blocks:
+        weights += blocks * sum(lin.params - (lin.out_features if lin.bias else 0)
+                                for lin in shape.vision.layer_linears)
+    if trainable_parameters(spec).projector:
+        weights += shape.projector_params
+    return weights + head, head
 
 
 def parameter_counts(spec: Spec) -> tuple[int, int]:

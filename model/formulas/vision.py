@@ -34,14 +34,37 @@ class ImageGeometry:
     lm_tokens: int  # tokens one image puts in the text sequence (counted in seq_len)
     encoder_tokens: int  # patch states the vision tower runs for one image
     placeholder_tokens: int  # of lm_tokens, the image-token ids replaced by image features
-    grid: int = 0  # dynamic resolution: patches per side after the processor's resize
+    grid: int = 0  # patches per side the tower sees (dynamic / Pixtral / Gemma 3)
 
 
 def image_geometry(spec: Spec) -> ImageGeometry:
-    """Qwen2-VL: smart_resize to a multiple of patch x merge, (side / patch)^2 patches, merged
-    merge^2 to one token (+ vision start/end); Idefics3: one tile per `image_size` square + a
-    global view; fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL / GLM-4.1V: smart_resize to a multiple of patch x merge,
+    (side / patch)^2 patches, merged merge^2 to one token (+ vision start/end); Pixtral (Mistral 3):
+    the image capped to its longest edge, ceil(side / (patch x merge)) = n rows of n image tokens
+    and a break (the last an end token): n (n + 1) tokens (processing_pixtral.py); Idefics3: one
+    tile per `image_size` square + a global view; Gemma 3: `mm_tokens_per_image` pooled tokens
+    between <boi> and <eoi>, each block wrapped in two newline tokens (processing_gemma3.py);
+    Llama 4: n x n tiles of `image_size` (n = ceil(side / tile) up to 4, max_patches 16) and a
+    global view when n > 1, each pixel-shuffled to a fixed count, with n^2 separators and
+    <|image_start|>, <|image|>, <|image_end|> (processing_llama4.py _prompt_split_image);
+    fixed towers (CLIP, SigLIP): the shape's fixed token counts."""
     v = spec.resolved_model.shape.vision
+    if v.image_rule == "pixtral":
+        factor = v.patch_size * v.spatial_merge_size
+        rows = -(-min(spec.image_resolution, v.default_image_size or spec.image_resolution)
+                 // factor)
+        grid = rows * v.spatial_merge_size
+        return ImageGeometry(rows * (rows + 1), grid**2, rows**2, grid)
+    if v.kind == "gemma3":
+        return ImageGeometry(v.fixed_image_tokens + 4, v.encoder_tokens_per_image,
+                             v.fixed_image_tokens, v.image_size // v.patch_size)
+    if v.image_rule == "llama4":  # a square image: the smallest n x n canvas of tiles, n <= 4
+        side = min(4, max(1, ceil(spec.image_resolution / v.image_size)))
+        tiles = side * side + (1 if side > 1 else 0)  # + the global view
+        features = tiles * v.fixed_image_tokens
+        separators = side * side if side > 1 else 0  # tile_x / tile_y separators
+        return ImageGeometry(features + separators + 3, tiles * v.encoder_tokens_per_image,
+                             features)
     if v.dynamic_resolution:
         factor = v.patch_size * v.spatial_merge_size
         side = max(factor, round(spec.image_resolution / factor) * factor)
@@ -55,7 +78,6 @@ def image_geometry(spec: Spec) -> ImageGeometry:
         tiles += 1 if tiles > 1 else 0
         return ImageGeometry(tiles * tokens, tiles * encoder, tiles * tokens)
     return ImageGeometry(tokens, encoder, tokens)
-
 
 
 def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int,
@@ -73,7 +95,10 @@ def _vision_layer_per_patch(spec: Spec, shape: ModelShape, dt: Dtypes, patches: 
         core = ((6 if frozen else 7) if qwen else 4) * h * dt.compute + heads * 4
     # Qwen's fp32 rotary cos / sin: shared by every block (in _vision_shared_bytes) when frozen
     core += 2 * (h // heads) * 4 if qwen and not frozen else 0
-    act = {"qwen2_5_vl": 3 * dt.compute, "siglip": dt.compute, "qwen_vl": dt.compute}.get(
+    gated, tanh_gelu = 3 * dt.compute, dt.compute  # SwiGLU; F.gelu keeps its input
+    act = {"qwen2_5_vl": gated, "glm4v": gated, "pixtral": gated, "siglip": tanh_gelu,
+           "gemma3": tanh_gelu, "qwen3_vl": tanh_gelu, "qwen_vl": tanh_gelu,
+           "llama4": tanh_gelu}.get(
         v.kind, activation_bytes("quick_gelu", dt))
     # the linears' inputs, kept for their weights' (or LoRA's) gradients: none when frozen
     inputs = 0 if frozen else (3 * h + inter) * dt.compute
@@ -88,6 +113,8 @@ def pixel_bytes(spec: Spec) -> int:
     images = spec.batch_size * spec.images_per_sample
     if v.dynamic_resolution:
         return images * geometry.encoder_tokens * 3 * v.temporal_patch_size * v.patch_size**2 * 4
+    if v.image_rule == "pixtral":  # resized to the grid: (grid x patch)^2 pixels
+        return images * 3 * (geometry.grid * v.patch_size) ** 2 * 4
     per_image = v.encoder_tokens_per_image or v.fixed_image_tokens or (
         v.image_size // v.patch_size) ** 2
     return images * max(1, geometry.encoder_tokens // per_image) * 3 * v.image_size**2 * 4
@@ -107,11 +134,15 @@ def vision_in_graph(spec: Spec) -> bool:
     the hook (peft only does when `is_gradient_checkpointing`) and a frozen tower saves nothing.
     transformers 4.x hooks only the top model's embeddings, LLaMA-Factory only for LoRA without
     quantization (StackRules.hooks_every_input_embedding). PLAIN_MODULE_TOWERS are no
-    PreTrainedModel: no hook reaches them, only training puts them in the graph."""
+    PreTrainedModel: no hook reaches them, only training puts them in the graph; Qwen3-VL's and
+    GLM-4.1V's vision models expose no input embedding (VisionShape `hooked_when_checkpointed`):
+    frozen, they stay out of the graph even with the hook."""
     trained = trainable_parameters(spec).vision > 0
-    if spec.resolved_model.shape.vision.kind in PLAIN_MODULE_TOWERS:
+    v = spec.resolved_model.shape.vision
+    if v.kind in PLAIN_MODULE_TOWERS:
         return trained
-    return trained or StackRules.of(spec).hooks_every_input_embedding
+    return trained or (StackRules.of(spec).hooks_every_input_embedding
+                       and v.hooked_when_checkpointed)
 
 
 def _blocks_feeding_features(spec: Spec) -> int:
@@ -149,13 +180,27 @@ def _vision_shared_bytes(spec: Spec, shape: ModelShape, dt: Dtypes, patches: int
     v = shape.vision
     h, norm_copy = v.hidden_size, 4 if dt.autocast else dt.compute
     mask = spec.batch_size * spec.seq_len  # (B, S, 1) bool, expanded over the hidden size
+    images = spec.batch_size * spec.images_per_sample
+    if v.kind == "gemma3":
+        # the patch embedding (the hooked leaf), SigLIP's post_layernorm fp32 copy, the
+        # projector's fp32 transposed copy (avg-pool input) and its pooled fp32 output
+        pooled = images * v.fixed_image_tokens * h * 4
+        return patches * (h * dt.compute + h * 4 + h * 4) + pooled + mask
+    if v.kind == "pixtral":
+        # the block-diagonal mask over all patches of the batch (generate_block_attention_mask,
+        # [patches, patches] in the compute dtype, fed to every block), the patch conv (the
+        # hooked leaf), ln_pre's and the projector norm's fp32 copies, the 2-D rotary table,
+        # the projector's GELU input
+        tokens = images * image_geometry(spec).placeholder_tokens
+        return (patches * patches * dt.compute + patches * (h * dt.compute + 2 * h * 4
+                + (h // v.num_attention_heads) * dt.compute)
+                + tokens * shape.hidden_size * dt.compute + mask)
     if v.kind in ("qwen2_vl", "qwen2_5_vl"):
         rotary = 2 * (h // v.num_attention_heads) * 4
         stats = 8 if v.kind == "qwen2_vl" else 4  # LayerNorm mean + rstd, RMSNorm rstd
         # Qwen2.5-VL reorders the (leaf) patch embedding into windows: one more copy
         window = h * dt.compute if v.kind == "qwen2_5_vl" else 0
         return patches * (rotary + h * norm_copy + stats + h * dt.compute + window) + mask
-    images = spec.batch_size * spec.images_per_sample
     tokens = images * image_geometry(spec).lm_tokens
     # CLIP: one compute-dtype copy of the embeddings (the hooked leaf) + pre_layrnorm's
     # mean/rstd; LLaVA's projector: the GELU input. Measured on simulate: no fp32 copy.
@@ -210,6 +255,25 @@ def vision_forward_bytes(spec: Spec, dt: Dtypes) -> int:
     images = spec.batch_size * spec.images_per_sample
     patches = images * geometry.encoder_tokens
     working = patches * (3 * v.hidden_size + v.intermediate_size) * dt.compute
+    if v.kind == "pixtral" and not vision_in_graph(spec):  # the mask, alive while it runs
+        working += patches * patches * dt.compute
     if spec.attention == "eager" or v.kind in PLAIN_MODULE_TOWERS:
         working += images * v.num_attention_heads * geometry.encoder_tokens**2 * (dt.compute + 8)
     return vision_activation_bytes(spec, dt) + working
+
+
+def vision_backward_bytes(spec: Spec, dt: Dtypes) -> int:
+    """A tower in the graph is backpropagated through even when frozen (the hooked patch
+    embedding's output needs a gradient): after the text layers' backward, its saved tensors,
+    one block recomputed (when checkpointed) and its working set with the gradient in and out."""
+    shape = spec.resolved_model.shape
+    if shape.vision is None or not spec.images_per_sample or not vision_in_graph(spec):
+        return 0
+    v, geometry = shape.vision, image_geometry(spec)
+    patches = spec.batch_size * spec.images_per_sample * geometry.encoder_tokens
+    block = _vision_layer_per_patch(spec, shape, dt, geometry.encoder_tokens,
+                                    frozen=not trainable_parameters(spec).vision) if (
+        vision_checkpointed(spec)) else 0
+    working = (3 * v.hidden_size + v.intermediate_size) * dt.compute
+    return (vision_activation_bytes(spec, dt)
+            + patches * (block + working + 2 * v.hidden_size * dt.compute))

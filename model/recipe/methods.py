@@ -81,7 +81,9 @@ def _in_projector(name: str) -> bool:
 def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
     """Full names of the linears LoRA wraps: LLaMA-Factory's targets, outside frozen vision
     modules, never the output head; `all` never reaches a projector (LLaMA-Factory's
-    find_all_linear_modules leaves projector keys out)."""
+    find_all_linear_modules leaves projector keys out). A linear is what find_all_linear_modules
+    takes: a module whose class name says Linear (Llama 4's router subclasses nn.Linear as
+    `Llama4Router` and returns a tuple: not a target)."""
     from peft.tuners.lora import LoraLayer
 
     wanted = set(spec.lora_target)
@@ -89,7 +91,8 @@ def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
     head = model.get_output_embeddings()
     names = []
     for name, module in model.named_modules():
-        linear = isinstance(module, nn.Linear) and not isinstance(module, LoraLayer)
+        linear = (isinstance(module, nn.Linear) and "Linear" in type(module).__name__
+                  and not isinstance(module, LoraLayer))
         if not linear or module is head or _inside(name, forbidden):
             continue
         if ("all" in wanted and not _in_projector(name)) or name.rsplit(".", 1)[-1] in wanted:

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
 
-
 def hf_config(spec: Spec) -> Any:
     """The transformers config of the spec's model (from its config numbers; no remote code)."""
     from transformers import AutoConfig
@@ -58,6 +57,27 @@ def attention_implementation(spec: Spec, config: Any) -> str:
     if spec.attention == "sdpa" and not getattr(cls, "_supports_sdpa", True):
         return "eager"
     return spec.attention
+
+
+def check_grouped_experts(model: nn.Module) -> None:
+    """transformers 5 runs fused MoE experts through `torch._grouped_mm` (its default
+    `experts_implementation`), which takes bf16 only (torch's meta and CUDA kernels check it):
+    experts kept in fp32 (trained with LLaMA-Factory's fp32 upcast) or fp16 make the step fail.
+
+    Raises:
+        UnsupportedRecipe: the experts' dtype, in one line.
+    """
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_experts_implementation", None) != "grouped_mm":
+            continue
+        for param_name in ("gate_up_proj", "up_proj", "down_proj"):
+            param = module._parameters.get(param_name)
+            if param is not None and param.dim() == 3 and param.dtype != torch.bfloat16:
+                raise UnsupportedRecipe(
+                    f"model: {name}.{param_name} is {str(param.dtype).removeprefix('torch.')}; "
+                    "transformers 5 runs fused MoE experts through torch grouped_mm, which takes "
+                    "bf16 only (train the experts in pure_bf16, or freeze them: lora / qlora)")
 
 
 def is_multimodal(config: Any) -> bool:
@@ -101,6 +121,7 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
         quantize_linears(model, spec, device)
     mark_trainable(model, spec)
     model = framework_for(spec).prepare(model, spec)  # checkpointing, LoRA, casts
+    check_grouped_experts(model)
     model = stage_for(spec).prepare(model, spec, device)  # value head, reference / reward models
     if device.type != "meta":
         materialize(model, device)

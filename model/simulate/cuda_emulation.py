@@ -20,6 +20,13 @@ simulator while these rules carry the CUDA knowledge:
 5. autocast queries: peft's bitsandbytes LoRA layers ask `torch.is_autocast_enabled()`, which
    means CUDA autocast; on the CPU it answers False and peft adds an fp32 copy of every LoRA input.
    `autocast_queries_as_on_cuda` answers for the CPU autocast the step runs under.
+6. attention dropout: CUDA's flash kernel applies SDPA's `dropout_p` inside the kernel (it keeps
+   only its RNG state); the CPU flash kernel has no dropout and SDPA falls back to the math
+   kernel, which saves fp32 scores. `sdpa_as_on_cuda` runs SDPA with dropout_p = 0.
+7. unequal head dims (MLA: queries/keys 192, values 128): CUDA's flash kernel refuses them and
+   SDPA runs the memory-efficient kernel (output + fp32 logsumexp saved); on the CPU SDPA falls
+   back to the math kernel. On fake tensors `sdpa_as_on_cuda` calls the memory-efficient op
+   itself (its meta kernel gives the CUDA shapes); its backward gets flash's scratch rule.
 Not emulated (documented approximations): the rest of CUDA autocast's fp32 list (losses, norms of
 fp16 inputs; the models here reach them with fp32 inputs already); cuDNN attention (SDPA is
 assumed to pick flash attention, as on H100 by default).
@@ -82,10 +89,37 @@ def bnb_matmul_as_on_cuda() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def sdpa_as_on_cuda() -> Iterator[None]:
+    """Rules 6 and 7: SDPA keeps what CUDA's fused kernels keep (no scores) with attention
+    dropout and with value heads narrower than query heads."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+             enable_gqa=False):
+        if (query.shape[-1] != value.shape[-1] and isinstance(query, FakeTensor)
+                and key.shape[1] == query.shape[1]
+                and (attn_mask is None or attn_mask.dtype != torch.bool)):
+            return torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, attn_mask, True, 0.0, is_causal, scale=scale)[0]
+        return original(query, key, value, attn_mask, 0.0, is_causal, scale=scale,
+                        enable_gqa=enable_gqa)
+
+    functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original
+
+
+@contextlib.contextmanager
 def cuda_behaviour() -> Iterator[None]:
-    """Rules 1, 2, 4 and 5 for the duration of a step (rule 3 is the tracker's `hidden_bytes`)."""
+    """Rules 1, 2 and 4 to 7 for the duration of a step (rule 3 is the tracker's
+    `hidden_bytes`)."""
     with dropout_as_on_cuda(), bnb_matmul_as_on_cuda(), cuda_autocast_policy(), \
-            autocast_queries_as_on_cuda():
+            autocast_queries_as_on_cuda(), sdpa_as_on_cuda():
         yield
 
 
@@ -109,7 +143,8 @@ def cuda_hidden_bytes(func, args, kwargs, out) -> int:
     name = str(func)
     if name == "bitsandbytes.gemm_4bit.default":
         return _gemm_4bit_scratch(args, kwargs)
-    if name == "aten._scaled_dot_product_flash_attention_for_cpu_backward.default":
+    if name in ("aten._scaled_dot_product_flash_attention_for_cpu_backward.default",
+                "aten._scaled_dot_product_efficient_attention_backward.default"):
         return _flash_backward_scratch(args)
     return 0
 

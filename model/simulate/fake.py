@@ -11,7 +11,9 @@ autograd on a machine without CUDA.
 Why real metadata: transformers branches on values (attention mask all ones -> no mask, Qwen2-VL's
 grid sizes via `.tolist()`); with fake integers it takes its tracing path and builds an explicit
 causal mask that CUDA training never builds. `RealMetadataMode` runs an op for real when none of
-its inputs is fake and it is small.
+its inputs is fake and it is small; a real boolean mask indexing a fake tensor (Qwen3-VL's
+DeepStack rows `hidden_states[visual_pos_masks, :]`) becomes the integer indices it stands for,
+so the output's shape is known without data.
 """
 
 from __future__ import annotations
@@ -37,7 +39,26 @@ class RealMetadataMode(TorchDispatchMode):
         if _runs_real(func, args, kwargs):
             with torch._C._DisableTorchDispatch():
                 return func(*args, **kwargs)
+        if func in _INDEX_OPS and len(args) > 1:
+            args = (args[0], _integer_indices(args[1]), *args[2:])
         return func(*args, **kwargs)
+
+
+_INDEX_OPS = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default,
+              torch.ops.aten.index_put_.default, torch.ops.aten._unsafe_index_put.default}
+
+
+def _integer_indices(indices):
+    """Real boolean masks among `indices` as the integer indices they select (nonzero)."""
+    result = []
+    for index in indices:
+        if (isinstance(index, torch.Tensor) and not isinstance(index, FakeTensor)
+                and index.dtype == torch.bool and index.device.type != "meta"):
+            with torch._C._DisableTorchDispatch():
+                result.extend(index.nonzero(as_tuple=True))
+        else:
+            result.append(index)
+    return result
 
 
 def _runs_real(func, args, kwargs) -> bool:

@@ -37,6 +37,22 @@ def test_every_model_variant_of_the_space_resolves():
                     assert config == value, (entry["model"], dotted)
 
 
+def test_the_space_covers_every_family_the_recipe_builds():
+    """A lent GPU measures every catalog family the recipe can build (remote-code models and
+    the vision-language families outside the recipe are the ones it cannot)."""
+    from vram_ml.architectures import REMOTE_CODE_MODEL_TYPES
+    from vram_ml.model.recipe_support import recipe_refusal
+    from vram_ml.model_source import load_catalog
+
+    catalog = load_catalog()
+    covered = {catalog[entry["model"]].family for entry in load_space()["models"]}
+    buildable = {entry.family for hf_id, entry in catalog.items()
+                 if entry.config["model_type"] not in REMOTE_CODE_MODEL_TYPES
+                 and not recipe_refusal(build_spec(model=hf_id, seq_len=256))}
+    assert buildable - covered == set()
+    assert len(covered) >= 30
+
+
 def test_every_knob_is_a_spec_field_with_valid_values():
     space = load_space()
     base = {"model": "Qwen/Qwen2.5-0.5B", "method": "lora"}

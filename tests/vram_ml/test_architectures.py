@@ -44,23 +44,36 @@ def build_on_meta(config: dict[str, Any], multimodal: bool):
 
 
 def assert_matches_transformers(shape: ModelShape, model) -> None:
-    import torch
-
     assert shape.total_params == sum(p.numel() for p in model.parameters())
     decoder = model.get_decoder()
-    layer = (decoder.layers if hasattr(decoder, "layers") else decoder.h)[0]
-    linears = {name: module for name, module in layer.named_modules()
-               if isinstance(module, torch.nn.Linear)}
-    assert {name.rsplit(".", 1)[-1] for name in linears} == set(shape.linear_names)
-    linear_params = sum(p.numel() for module in linears.values() for p in module.parameters())
-    assert linear_params == sum(lin.params for lin in shape.layer_linears if not lin.fused)
-    params = dict(layer.named_parameters())
-    for fused in (lin for lin in shape.layer_linears if lin.fused):  # MoE experts as 3-D tensors
-        match = [p for name, p in params.items() if name.endswith(fused.name)]
-        assert len(match) == 1 and match[0].numel() == fused.params
-    assert sum(p.numel() for p in params.values()) == shape.layer_params
+    decoder = decoder if hasattr(decoder, "layers") or hasattr(decoder, "h") else decoder.model
+    layers = decoder.layers if hasattr(decoder, "layers") else decoder.h
+    assert len(layers) == shape.num_layers
+    indices = [min(shape.main_layer_indices)] if shape.main_layer_indices else []
+    indices += [variant.indices[0] for variant in shape.layer_variants]
+    for index, (_, group) in zip(indices, shape.layer_groups, strict=True):
+        assert_layer_matches(group, layers[index])
     if shape.vision is not None:
         assert_vision_block_matches(shape, model)
+
+
+def assert_layer_matches(group: ModelShape, layer) -> None:
+    """One decoder layer: its LoRA-targetable linears (LLaMA-Factory's rule: a module whose class
+    name says Linear; Llama 4's nn.Linear router is named Llama4Router and is not one), its fused
+    experts and all its parameters are those of the layer group."""
+    linears = {name: module for name, module in layer.named_modules()
+               if "Linear" in type(module).__name__}
+    names = {lin.name for lin in group.layer_linears if not lin.fused}
+    assert {name.rsplit(".", 1)[-1] for name in linears} == names
+    linear_params = sum(p.numel() for module in linears.values() for p in module.parameters())
+    assert linear_params == sum(lin.params for lin in group.layer_linears if not lin.fused)
+    params = dict(layer.named_parameters())
+    for fused in (lin for lin in group.layer_linears if lin.fused):  # MoE experts as 3-D tensors
+        match = [p for name, p in params.items() if name.endswith(fused.name)]
+        bias = [p for name, p in params.items() if name.endswith(fused.name + "_bias")]
+        assert len(match) == 1 and len(bias) == int(fused.bias)
+        assert match[0].numel() + sum(p.numel() for p in bias) == fused.params
+    assert sum(p.numel() for p in params.values()) == group.layer_params
 
 
 def assert_vision_block_matches(shape: ModelShape, model) -> None:
@@ -142,6 +155,63 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                "hidden_size": 64}},
     "qwen2-5-vl-defaults": {"model_type": "qwen2_5_vl"},
     "mllama-defaults": {"model_type": "mllama"},
+    # the newer families (transformers 5.24): defaults and the branches their configs take
+    "gemma3-text-defaults": {"model_type": "gemma3_text"},
+    "olmo2-defaults": {"model_type": "olmo2"},
+    "olmo3-tiny-bias": {"model_type": "olmo3", **TINY, "num_key_value_heads": 2,
+                        "attention_bias": True},
+    "starcoder2-defaults": {"model_type": "starcoder2"},
+    "starcoder2-no-bias-untied": {"model_type": "starcoder2", **TINY, "use_bias": False,
+                                  "tie_word_embeddings": False},
+    "cohere-qk-norm": {"model_type": "cohere", **TINY, "num_key_value_heads": 2,
+                       "use_qk_norm": True},
+    "qwen3-moe-dense-layers": {"model_type": "qwen3_moe", **TINY, "num_experts": 4,
+                               "moe_intermediate_size": 32, "num_experts_per_tok": 2,
+                               "mlp_only_layers": [0], "decoder_sparse_step": 1,
+                               "num_hidden_layers": 3},
+    "qwen2-moe-defaults": {"model_type": "qwen2_moe"},
+    "qwen2-moe-sparse-step": {"model_type": "qwen2_moe", **TINY, "num_experts": 4,
+                              "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+                              "decoder_sparse_step": 2, "num_hidden_layers": 4},
+    "glm4-moe-tiny": {"model_type": "glm4_moe", **TINY, "num_key_value_heads": 2,
+                      "n_routed_experts": 4, "n_shared_experts": 2, "num_experts_per_tok": 2,
+                      "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+                      "use_qk_norm": True, "attention_bias": True, "num_hidden_layers": 3},
+    "minimax-m2-defaults": {"model_type": "minimax_m2", "num_hidden_layers": 2},
+    "gpt-oss-tiny": {"model_type": "gpt_oss", **TINY, "num_key_value_heads": 2, "head_dim": 16,
+                     "num_local_experts": 4, "num_experts_per_tok": 2, "num_hidden_layers": 3},
+    "llama4-text-interleaved": {"model_type": "llama4_text", **TINY, "num_key_value_heads": 2,
+                                "head_dim": 16, "num_local_experts": 4,
+                                "intermediate_size_mlp": 80, "interleave_moe_layer_step": 2,
+                                "num_hidden_layers": 4},
+    "deepseek-v2-q-proj": {"model_type": "deepseek_v2", **TINY, "q_lora_rank": None,
+                           "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                           "v_head_dim": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                           "moe_intermediate_size": 32, "first_k_dense_replace": 1},
+    "deepseek-v3-defaults-two-layers": {"model_type": "deepseek_v3", "num_hidden_layers": 4,
+                                        "n_routed_experts": 8, "attention_bias": True},
+    "gemma3-defaults": {"model_type": "gemma3"},
+    "mistral3-defaults": {"model_type": "mistral3"},
+    "mistral3-two-feature-layers": {
+        "model_type": "mistral3", "vision_feature_layer": [-1, -2],
+        "multimodal_projector_bias": True, "tie_word_embeddings": False,
+        "text_config": {"model_type": "ministral3", **TINY, "num_key_value_heads": 2,
+                        "head_dim": 16},
+        "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 48,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 16,
+                          "image_size": 56, "patch_size": 14}},
+    "qwen3-vl-defaults": {"model_type": "qwen3_vl"},
+    "qwen3-vl-moe-defaults": {"model_type": "qwen3_vl_moe"},
+    "glm4v-defaults": {"model_type": "glm4v"},
+    "llama4-defaults": {"model_type": "llama4"},
+    "llama4-tiny-vision": {
+        "model_type": "llama4", "text_config": {
+            "model_type": "llama4_text", **TINY, "num_key_value_heads": 2, "head_dim": 16,
+            "num_local_experts": 4, "intermediate_size_mlp": 80, "interleave_moe_layer_step": 2},
+        "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                          "intermediate_size": 128, "image_size": 56, "patch_size": 14,
+                          "vision_output_dim": 64, "projector_input_dim": 64,
+                          "projector_output_dim": 64}},
 }
 
 
@@ -153,21 +223,29 @@ def test_variant_configs_match_transformers(name: str) -> None:
 
 def test_hub_style_configs_give_the_same_shape() -> None:
     """`fetch_hub_config` returns transformers' to_dict(): every default spelled out, Qwen2-VL's
-    flat text keys nested under text_config, rope_theta moved into rope_parameters."""
+    flat text keys nested under text_config, rope_theta moved into rope_parameters, expert counts
+    under their attribute_map names. Notes about the config's own spelling may differ."""
+    import dataclasses
+
     import transformers
 
     transformers.logging.set_verbosity_error()
     for hf_id in TRANSFORMERS_BUILT:
         entry = CATALOG[hf_id]
         as_saved = transformers.AutoConfig.for_model(**entry.config).to_dict()
-        assert shape_from_config(as_saved) == shape_from_config(entry.config), hf_id
+        saved, raw = shape_from_config(as_saved), shape_from_config(entry.config)
+        assert dataclasses.replace(saved, notes=()) == dataclasses.replace(raw, notes=()), hf_id
 
 
 def test_catalog_size_families_and_file_names() -> None:
     from importlib import resources
 
-    assert len(CATALOG) >= 40
-    assert len({entry.family for entry in CATALOG.values()}) >= 12
+    assert len(CATALOG) >= 110
+    assert len({entry.family for entry in CATALOG.values()}) >= 30
+    shapes = {hf_id: shape_from_config(entry.config) for hf_id, entry in CATALOG.items()}
+    vlm = {CATALOG[hf_id].family for hf_id, shape in shapes.items() if shape.is_multimodal}
+    moe = {CATALOG[hf_id].family for hf_id, shape in shapes.items() if shape.num_experts}
+    assert len(vlm) >= 8 and len(moe) >= 6
     model_types = {entry.config["model_type"] for entry in CATALOG.values()}
     assert model_types <= set(supported_model_types())
     for item in resources.files("vram_ml.catalog").iterdir():
@@ -175,6 +253,9 @@ def test_catalog_size_families_and_file_names() -> None:
             raw = json.loads(item.read_text())
             assert item.name == raw["hf_id"].replace("/", "__") + ".json"
             assert raw["family"] == raw["family"].lower()
+            if "source" in raw:  # every config added since the first catalog names its origin
+                repo, _, path = raw["source"].partition(":")
+                assert "@" in repo and len(repo.split("@")[1]) == 40 and path, raw["source"]
 
 
 def test_every_id_and_alias_resolves_to_its_own_entry() -> None:
@@ -231,3 +312,41 @@ def test_shape_module_imports_neither_torch_nor_transformers() -> None:
             "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_config_without_the_size_numbers_is_refused(tmp_path) -> None:
+    """Only a model_type (or a VLM without its vision_config) would silently become transformers'
+    default model; the error names what is missing, in one line."""
+    cases = {
+        "only-type.json": ({"model_type": "qwen3"}, "sets none of hidden_size"),
+        "vlm-no-vision.json": ({"model_type": "qwen3_vl", "text_config": {
+            "hidden_size": 64, "num_hidden_layers": 2}}, "vision_config missing"),
+        "empty-text.json": ({"model_type": "llava", "text_config": {"model_type": "llama"},
+                             "vision_config": {"hidden_size": 32}}, "text_config sets none"),
+    }
+    for name, (config, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(config))
+        with pytest.raises(ModelSourceError, match=message) as error:
+            resolve_model(str(tmp_path / name))
+        assert "\n" not in str(error.value)
+
+
+def test_unknown_model_type_lists_the_supported_ones(tmp_path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_arch",
+                                                      "hidden_size": 64}))
+    with pytest.raises(ModelSourceError) as error:
+        resolve_model(str(tmp_path / "config.json"))
+    message = str(error.value)
+    assert "\n" not in message and "'no_such_arch' is not supported" in message
+    assert all(model_type in message for model_type in ("deepseek_v3", "gemma3", "qwen3_vl_moe"))
+
+
+def test_any_config_of_a_supported_type_works_offline(tmp_path, monkeypatch) -> None:
+    """A config.json that is in no catalog entry (a scaled Qwen3-MoE, as a user's fine-tune would
+    be) resolves from its numbers alone, with the hub unreachable."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = {**CATALOG["Qwen/Qwen3-30B-A3B"].config, "num_hidden_layers": 6, "num_experts": 16}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    resolved = resolve_model(str(tmp_path))
+    assert resolved.source_kind == "path" and resolved.shape.num_experts == 16
+    assert resolved.shape.num_layers == 6

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vram_ml.architectures.registry import register
-from vram_ml.architectures.shape import LinearShape, ModelShape
+from vram_ml.architectures.shape import AttentionShape, LinearShape, ModelShape
 
 _LLAMA = {
     "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -145,27 +145,31 @@ def qkvo(hidden: int, heads: int, kv: int, hd: int, qkv_bias: bool, o_bias: bool
 
 
 @register("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "qwen2_vl_text",
-          "qwen2_5_vl_text")
+          "qwen2_5_vl_text", "qwen3_vl_text", "ministral3")
 def llama_like(config: Mapping[str, Any]) -> ModelShape:
     """Llama-style decoder: q/k/v/o attention, gated MLP, RMSNorm (two per layer + final).
 
     Qwen2 (and the Qwen2-VL text models) always have q/k/v biases; Llama takes `attention_bias`
     (all four projections) and `mlp_bias`; Qwen3 adds per-head q/k RMSNorms; Gemma 2 has four
-    RMSNorms per layer; the Qwen2-VL text models ignore `head_dim`.
+    RMSNorms per layer; the Qwen2-VL text models ignore `head_dim`; Qwen3-VL's text model is
+    Qwen3; Ministral 3 (Mistral 3's text model) is Mistral with `head_dim`.
     """
     c = with_defaults(config)
     model_type, hidden = c["model_type"], c["hidden_size"]
     heads = c["num_attention_heads"]
     kv = kv_heads(c, heads)
-    hd = hidden // heads if model_type.endswith("_vl_text") else head_dim(c, heads)
-    qwen2_bias = model_type in {"qwen2", "qwen2_vl_text", "qwen2_5_vl_text"}
-    attention_bias = bool(c.get("attention_bias")) and model_type in {
-        "llama", "qwen3", "gemma", "gemma2"}
+    qwen2_vl = model_type in {"qwen2_vl_text", "qwen2_5_vl_text"}
+    qwen3 = model_type in {"qwen3", "qwen3_vl_text"}
+    hd = hidden // heads if qwen2_vl else head_dim(c, heads)
+    qwen2_bias = model_type == "qwen2" or qwen2_vl
+    attention_bias = bool(c.get("attention_bias")) and (
+        qwen3 or model_type in {"llama", "gemma", "gemma2"})
     linears = qkvo(hidden, heads, kv, hd, qwen2_bias or attention_bias, attention_bias) + gated_mlp(
         hidden, c["intermediate_size"], model_type == "llama" and bool(c.get("mlp_bias")))
-    norms = (4 if model_type == "gemma2" else 2) * hidden + (2 * hd if model_type == "qwen3" else 0)
+    norms = (4 if model_type == "gemma2" else 2) * hidden + (2 * hd if qwen3 else 0)
     return decoder_shape(c, linears=linears, other=norms, embedding=c["vocab_size"] * hidden,
-                         final_norm=hidden, kv=kv, hd=hd)
+                         final_norm=hidden, kv=kv, hd=hd,
+                         attention=AttentionShape(qk_norm="head" if qwen3 else ""))
 
 
 @register("mixtral")

@@ -8,6 +8,7 @@ builds every catalog model on the meta device to hold us to that.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 
 
@@ -36,6 +37,39 @@ class LinearShape:
 
 
 @dataclass(frozen=True)
+class LayerVariant:
+    """Decoder layers built differently from the shape's main layer (`ModelShape.layer_linears`):
+    DeepSeek's and GLM-4.5's first dense layers, Llama 4 Maverick's dense layers between MoE ones.
+    Attention is the same in every layer; the MLP (and so the experts) differs."""
+
+    indices: tuple[int, ...]  # which decoder layers (0-based)
+    linears: tuple[LinearShape, ...]
+    other_params: int  # norms, router, biases outside linears: per layer
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What a decoder layer's attention keeps that the head counts alone do not say."""
+
+    # MLA (DeepSeek V2/V3): queries and keys have qk_head_dim per head, values v_head_dim; the
+    # latent K/V (kv_lora_rank) is expanded to every head before attention. 0: head_dim.
+    qk_head_dim: int = 0
+    v_head_dim: int = 0
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    # layers attending within a window (Gemma 3, gpt-oss, OLMo 3) or a chunk (Llama 4), and its size
+    sliding_layers: int = 0
+    sliding_window: int = 0
+    sinks: bool = False  # gpt-oss: a learned sink logit per head, concatenated to the scores
+    sdpa: bool = True  # transformers has an SDPA path (gpt-oss does not: `sdpa` runs eager)
+    # per-head q/k norms (`head`: Qwen3, Gemma 3, GLM-4.5) or over all heads (`full`: OLMo 2,
+    # MiniMax-M2); they keep fp32 copies of q and k
+    qk_norm: str = ""
+
+
+@dataclass(frozen=True)
 class VisionShape:
     """A vision tower and its projector (VLMs only)."""
 
@@ -60,6 +94,18 @@ class VisionShape:
     # frozen) and all its parameters (what `freeze` trains of a block whose index it trains)
     layer_linears: tuple[LinearShape, ...] = ()
     layer_params: int = 0
+    # nn.Linear modules of the tower outside its blocks (Qwen3-VL's DeepStack mergers, counted in
+    # tower_params): bitsandbytes quantizes them as it does the blocks'
+    outer_linears: tuple[LinearShape, ...] = ()
+    # Per image and family: how the processor turns an image into tokens (see
+    # model/formulas/vision.image_geometry): `fixed` (CLIP, SigLIP, Gemma 3), `qwen` (smart resize
+    # to a multiple of patch x merge), `tiles` (Idefics3), `pixtral` (rows x (cols + 1))
+    image_rule: str = "fixed"
+    default_image_size: int = 0  # the processor's longest edge where it caps images (Pixtral)
+    # whether gradient checkpointing's input-grad hook reaches the tower (its PreTrainedModel
+    # exposes get_input_embeddings: CLIP, SigLIP, Qwen2/2.5-VL, Pixtral do; Qwen3-VL, GLM-4.1V
+    # do not, so a frozen tower of theirs stays out of the graph)
+    hooked_when_checkpointed: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +132,14 @@ class ModelShape:
     vision: VisionShape | None = None
     extra_params: int = 0  # anything else transformers builds (e.g. multimodal glue)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    layer_variants: tuple[LayerVariant, ...] = ()
+    attention: AttentionShape = field(default_factory=AttentionShape)
+    # parameters transformers creates in fp32 whatever the model's dtype (DeepSeek / GLM-4.5
+    # routers: `_keep_in_fp32_modules_strict`; gpt-oss norms: `_keep_in_fp32_modules`)
+    fp32_params: int = 0
+    # how routed experts run: `grouped` (fused 3-D experts through grouped_mm, top-k tokens per
+    # expert) or `all` (Llama 4: every expert runs over every token, scaled by its score)
+    moe_routing: str = "grouped"
     # The decoder layer as transformers 4.x builds it, where it differs from 5.x: MoE experts as
     # one nn.Linear each and the router as an nn.Linear (so bitsandbytes quantizes them and LoRA
     # reaches them). None: the same layer in both. Read through `for_transformers`.
@@ -98,14 +152,48 @@ class ModelShape:
 
     @property
     def layer_params(self) -> int:
+        """Parameters of one main decoder layer (see `layer_groups` for the others)."""
         return self.layer_linear_params + self.layer_other_params
+
+    @property
+    def decoder_params(self) -> int:
+        """Parameters of all decoder layers."""
+        return sum(count * group.layer_params for count, group in self.layer_groups)
+
+    @property
+    def layer_groups(self) -> tuple[tuple[int, ModelShape], ...]:
+        """(layer count, a uniform view of the shape) per kind of decoder layer: the main layer
+        first, then each LayerVariant; a view's layer fields are that kind's. Estimators sum
+        per-layer terms over these."""
+        if not self.layer_variants:
+            return ((self.num_layers, self),)
+        return _layer_groups(self)
+
+    @property
+    def main_layer_indices(self) -> frozenset[int]:
+        taken = {index for variant in self.layer_variants for index in variant.indices}
+        return frozenset(set(range(self.num_layers)) - taken)
+
+    def groups_of_layers(self, indices: set[int] | range) -> list[tuple[int, ModelShape]]:
+        """(how many of `indices` are of the kind, the kind's view) per layer group: what the
+        last N layers (freeze) or the last layer (backward) are made of."""
+        wanted = set(indices)
+        kinds = [self.main_layer_indices] if self.main_layer_indices else []
+        kinds += [frozenset(variant.indices) for variant in self.layer_variants]
+        return [(len(wanted & kind), group) for kind, (_, group) in
+                zip(kinds, self.layer_groups, strict=True) if wanted & kind]
+
+    @property
+    def last_layer(self) -> ModelShape:
+        """The view of the last decoder layer's kind (backward starts there)."""
+        return self.groups_of_layers({self.num_layers - 1})[0][1]
 
     @property
     def text_params(self) -> int:
         """Language model parameters: embeddings, all decoder layers, final norm, head."""
         return (
             self.embedding_params
-            + self.num_layers * self.layer_params
+            + self.decoder_params
             + self.final_norm_params
             + self.lm_head_params
         )
@@ -127,7 +215,9 @@ class ModelShape:
     def linear_names(self) -> tuple[str, ...]:
         """The nn.Linear modules of one decoder layer that LoRA can target (fused experts left out;
         a name shared by two modules, like GPTBigCode's two `c_proj`, appears once)."""
-        names = (linear.name for linear in self.layer_linears if not linear.fused)
+        linears = [*self.layer_linears,
+                   *(lin for variant in self.layer_variants for lin in variant.linears)]
+        names = (linear.name for linear in linears if not linear.fused)
         return tuple(dict.fromkeys(names))
 
     @property
@@ -145,3 +235,24 @@ class ModelShape:
         return replace(self, layer_linears=self.v4_layer_linears,
                        layer_other_params=self.v4_layer_other_params, v4_layer_linears=None,
                        v4_layer_other_params=None)
+
+
+_GROUPS: dict[int, tuple[ModelShape, tuple[tuple[int, ModelShape], ...]]] = {}
+
+
+def _layer_groups(shape: ModelShape) -> tuple[tuple[int, ModelShape], ...]:
+    """The uniform views of a shape with layer variants, made once per shape."""
+    cached = _GROUPS.get(id(shape))
+    if cached is not None and cached[0] is shape:
+        return cached[1]
+    main = len(shape.main_layer_indices)
+    groups = [(main, dataclasses.replace(shape, layer_variants=()))] if main else []
+    for variant in shape.layer_variants:
+        groups.append((len(variant.indices), dataclasses.replace(
+            shape, layer_linears=variant.linears, layer_other_params=variant.other_params,
+            num_experts=variant.num_experts, num_experts_per_tok=variant.num_experts_per_tok,
+            layer_variants=(), v4_layer_linears=None, v4_layer_other_params=None)))
+    if len(_GROUPS) > 1024:
+        _GROUPS.clear()
+    _GROUPS[id(shape)] = (shape, tuple(groups))
+    return _GROUPS[id(shape)][1]

@@ -99,7 +99,7 @@ def _with_vision(text: ModelShape, config: Mapping[str, Any], tied: bool, vision
         vision=vision, extra_params=text.extra_params + extra, notes=text.notes + notes)
 
 
-@register("llava")
+@register("llava", vision=True)
 def llava(config: Mapping[str, Any]) -> ModelShape:
     """LLaVA: a CLIP (or SigLIP) tower, a two-layer GELU projector, any decoder."""
     text = shape_from_config(_sub(config, "text_config", "llama"))
@@ -122,7 +122,7 @@ def llava(config: Mapping[str, Any]) -> ModelShape:
         encoder_tokens_per_image=positions, **_block_fields(v)))
 
 
-@register("paligemma")
+@register("paligemma", vision=True)
 def paligemma(config: Mapping[str, Any]) -> ModelShape:
     """PaliGemma: SigLIP tower, one linear projector, Gemma decoder (tied head by default)."""
     text = shape_from_config(_sub(config, "text_config", "gemma", _PALIGEMMA_TEXT))
@@ -137,7 +137,7 @@ def paligemma(config: Mapping[str, Any]) -> ModelShape:
         encoder_tokens_per_image=patches, **_block_fields(v)))
 
 
-@register("idefics3")
+@register("idefics3", vision=True)
 def idefics3(config: Mapping[str, Any]) -> ModelShape:
     """Idefics3 / SmolVLM: SigLIP-style tower, pixel shuffle by `scale_factor`, bias-free linear
     connector, Llama decoder. Images are split into `image_size` tiles plus one global view."""
@@ -173,7 +173,7 @@ def _qwen_merger(dim: int, merge: int, out: int, norm: int) -> int:
     return norm + (wide * wide + wide) + (wide * out + out)
 
 
-@register("qwen2_vl")
+@register("qwen2_vl", vision=True)
 def qwen2_vl(config: Mapping[str, Any]) -> ModelShape:
     """Qwen2-VL: dynamic-resolution ViT (3-D patch conv, LayerNorm blocks), 2x2 patch merger."""
     text, tied = _qwen_vl_text(config, "qwen2_vl_text")
@@ -193,7 +193,7 @@ def qwen2_vl(config: Mapping[str, Any]) -> ModelShape:
         layer_linears=linears, layer_params=block))
 
 
-@register("qwen2_5_vl")
+@register("qwen2_5_vl", vision=True)
 def qwen2_5_vl(config: Mapping[str, Any]) -> ModelShape:
     """Qwen2.5-VL: Qwen2-VL with RMSNorm, SwiGLU vision MLP and windowed attention blocks."""
     text, tied = _qwen_vl_text(config, "qwen2_5_vl_text")
@@ -212,7 +212,7 @@ def qwen2_5_vl(config: Mapping[str, Any]) -> ModelShape:
         layer_linears=linears, layer_params=block))
 
 
-@register("mllama")
+@register("mllama", vision=True)
 def mllama(config: Mapping[str, Any]) -> ModelShape:
     """Llama 3.2 Vision: tiled ViT (local + gated global layers) whose states feed cross-attention
     layers interleaved with the Llama decoder; an image adds one token to the text sequence."""
