@@ -29,12 +29,8 @@ moments (and of `load`, before training):
 - `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
   asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
 
-A training stage other than sft (stages.py) runs these moments over its graph (2B sequences for
-DPO / RM, prompt + response for PPO) with its own logits at each, adds the frozen reference or
-reward model it loads to the resident state, and has moments of its own: `stage_forward` (the
-policy's logits after its forward: fp32 copy, log-softmax, what the trainer keeps),
-`reference_forward` (DPO, KTO: the reference's logits beside the policy's), `rollout_forward` and
-`generation` (PPO: no-grad forwards, the KV cache).
+A training stage (stages.py) runs these moments over its graph with its own logits and models
+(reference, reward), plus its own moments (`stage_forward`, `reference_forward`, PPO's).
 
 What the framework and library versions change is asked of `StackRules` (stack.py); the notes
 say when one of its rules moved the answer (stack_notes.py). Across GPUs (distributed.py) every
