@@ -41,11 +41,15 @@ def test_loaded_artifact_predicts_what_the_regressors_predict(
     )
 
 
-def test_an_oom_spec_is_predicted_not_to_fit_its_card(artifact_dir, synthetic_set):
+def test_oom_specs_are_predicted_not_to_fit_their_card(artifact_dir, synthetic_set):
+    """The upper bound is a q0.95 bound whose conformal margin counts a censored row below its
+    card as a miss (regressor._conformal_margin): at least 95% of the OOM runs it learned from are
+    predicted not to fit, not necessarily every one."""
     oom = np.flatnonzero(synthetic_set.oom)
-    assert oom.size >= 5
+    assert oom.size >= 20
     batch = LearnedEstimator(artifact_dir).predict_batch([synthetic_set.specs[i] for i in oom])
-    assert np.all(batch.upper_vram_bytes > synthetic_set.device_total_bytes[oom])
+    caught = batch.upper_vram_bytes > synthetic_set.device_total_bytes[oom]
+    assert caught.mean() >= 0.95
 
 
 def test_synthetic_data_never_becomes_the_bundled_model(synthetic_set, fast_params):
