@@ -65,6 +65,17 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "peft_version": ("str", "", "peft version of the spec's stack"),
     "trl_version": ("str", "", "trl version of the spec's stack (trl framework)"),
     "bitsandbytes_version": ("str", "", "bitsandbytes version of the spec's stack"),
+    "stage": ("str", "", "LLaMA-Factory training stage: sft | pt | dpo | kto | rm | ppo"),
+    "pref_loss": ("str", "", "dpo's loss (orpo / simpo: no reference model); sigmoid otherwise"),
+    "ref_model": ("str", "", "a separately loaded reference model (model source); empty: none "
+                             "(LoRA: the adapter-disabled base; full / freeze: a frozen copy)"),
+    "ref_model_quantization_bit": ("int", "bits", "4 / 8: the ref_model quantized; empty: not"),
+    "reward_model_type": ("str", "", "ppo's reward model: lora (a second adapter) | full | api"),
+    "reward_model": ("str", "", "ppo, reward_model_type full: its model source (empty: the "
+                                "policy's architecture)"),
+    "reward_model_quantization_bit": ("int", "bits", "4 / 8: the full reward model quantized"),
+    "max_new_tokens": ("int", "tokens",
+                       "ppo: tokens generated per prompt (1024 elsewhere, unused)"),
     "status": ("str", "", "ok | oom (CUDA out of memory) | error (crash, timeout: see message)"),
     "message": ("str", "", "why a sample is oom/error (one line); empty when ok"),
     "peak_allocated_bytes": (
@@ -169,6 +180,7 @@ def datacard(samples: list[Sample], file_name: str) -> str:
             ("device", lambda s: s.provenance.device_name or "?"),
             ("model family", lambda s: s.spec.resolved_model.family),
             ("method", lambda s: s.spec.method),
+            ("stage", lambda s: s.spec.stage),
             ("versions (torch / transformers / peft / bitsandbytes)",
              lambda s: " / ".join((s.provenance.torch_version,
                                    s.provenance.installed_transformers_version,

@@ -24,9 +24,11 @@ from typing import Any
 import yaml
 
 from vram_ml.agent.space_file import validate_space
+from vram_ml.defaults import STAGE_FIELDS
 from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
+from vram_ml.stages import stage_fields_that_apply, stage_refusal
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "qkv_proj", "Wqkv")
 LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target")
@@ -167,10 +169,16 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         for name in VISION_FIELDS:
             fields.pop(name, None)
     fields["seq_len"] = min(fields.get("seq_len", 2048), shape.max_position_embeddings)
+    applies = stage_fields_that_apply(fields)
+    for name in STAGE_FIELDS:
+        if name not in applies:
+            fields.pop(name, None)
     try:
         spec = build_spec(model=model, model_overrides=overrides, **fields)
     except (SpecError, ModelSourceError):
         return None
+    if stage_refusal(spec):
+        return None  # a stage step the recipe cannot run (LLaMA-Factory would fail too)
     if spec.images_per_sample * image_tokens(spec) > spec.seq_len:
         return None  # the images alone would not fit in seq_len (the recipe refuses it)
     if grouped_mm_dtype_problem(spec, spec.resolved_model.shape):
@@ -207,6 +215,8 @@ def features(spec: Spec) -> tuple[str, ...]:
                  "freeze_multi_modal_projector"):
         values[name] = getattr(spec, name)
     values["lora_target"] = "all" if spec.lora_target == ("all",) else "subset"
+    values["stage"] = spec.stage if spec.stage != "dpo" else f"dpo/{spec.pref_loss}"
+    values["stage x method"] = f"{spec.stage}/{spec.method}"
     values["method x precision"] = f"{spec.method}/{spec.precision}"
     values["method x optimizer"] = f"{spec.method}/{spec.optimizer}"
     return tuple(f"{name}={value}" for name, value in values.items())

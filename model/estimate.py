@@ -21,6 +21,12 @@ BREAKDOWN_TERMS = (
     "communication",  # gradient buckets (DDP, ZeRO), NCCL's buffers
     "activations",
     "logits",
+    # the training stage's (model/formulas/stages.py): a frozen reference / reward model (or
+    # PPO's reward adapter), the reference forward's logits, PPO generation's KV cache
+    "reference_model",
+    "reward_model",
+    "reference_logits",
+    "kv_cache",
     "temporaries",
     "overhead",
 )

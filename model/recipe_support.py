@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vram_ml.stages import stage_refusal
+
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
 
@@ -24,4 +26,4 @@ def recipe_refusal(spec: Spec) -> str:
     if shape.is_multimodal and shape.model_type not in SUPPORTED_VLMS:
         return (f"model: vision-language family {shape.model_type!r} is not in the recipe "
                 f"(supported: {', '.join(SUPPORTED_VLMS)})")
-    return ""
+    return stage_refusal(spec)  # PPO with freeze, or with 4/8-bit weights under bf16

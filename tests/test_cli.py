@@ -164,6 +164,24 @@ def test_estimate_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_predict_answers_a_dpo_yaml_with_its_stage_and_refuses_a_bad_stage():
+    from importlib import resources
+
+    dpo = resources.files("vram_ml") / "examples" / "llama3_lora_dpo.yaml"
+    result = runner.invoke(app, ["predict", "--config", str(dpo), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["spec"]["stage"] == "dpo" and payload["breakdown"]["reference_logits"] > 0
+    as_sft = json.loads(runner.invoke(app, ["predict", "--config", str(dpo), "--stage", "sft",
+                                            "--json"]).output)
+    assert as_sft["peak_vram_bytes"] < payload["peak_vram_bytes"]
+    text = runner.invoke(app, ["predict", "--config", str(dpo)]).output
+    assert "stage: dpo (sigmoid) · reference: the adapter-disabled base" in text
+    bad = runner.invoke(app, ["predict", "--model", "meta-llama/Meta-Llama-3-8B", "--stage",
+                              "grpo"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "stage" in bad.output
+
+
 def test_read_only_commands_create_no_store_and_print_no_mlflow_lines(tmp_path):
     """status, validate, predict, estimate, catalog look; they write nothing anywhere."""
     header_only = tmp_path / "data" / "samples.csv"

@@ -67,6 +67,18 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "bitsandbytes_version": ("0.50.2", "bitsandbytes 0.50.2 (the newest on PyPI)"),
     # pyproject.toml pins accelerate>=1.3.0,<=1.11.0 (its FSDP rules: model/formulas/stack.py)
     "accelerate_version": ("1.11.0", "accelerate 1.11.0 (LLaMA-Factory 0.9.5's newest)"),
+    # The training stage (vram_ml/stages.py says which of these apply to which stage):
+    # LLaMA-Factory@v0.9.5 hparams/finetuning_args.py:183-250, generating_args.py:54-57.
+    "stage": ("sft", "stage: sft"),
+    "pref_loss": ("sigmoid", "pref_loss: sigmoid (DPO's loss, with a reference model)"),
+    "ref_model": (None, "ref_model: None (LoRA: the adapter-disabled base; full / freeze: a "
+                        "frozen copy of the model)"),
+    "ref_model_quantization_bit": (None, "ref_model_quantization_bit: None"),
+    "reward_model_type": ("lora", "reward_model_type: lora (a second adapter on the policy's "
+                                  "base, sized like the policy's)"),
+    "reward_model": (None, "reward_model: the policy's architecture (reward_model_type full)"),
+    "reward_model_quantization_bit": (None, "reward_model_quantization_bit: None"),
+    "max_new_tokens": (1024, "max_new_tokens: 1024 (PPO's generation)"),
 }
 STACK_FIELDS = ("framework", "transformers_version", "peft_version", "trl_version",
                 "bitsandbytes_version", "accelerate_version")
@@ -91,6 +103,9 @@ def optimizer_default(transformers_version: str | None) -> tuple[str, str]:
 IMAGE_FIELDS = (
     "images_per_sample", "image_resolution", "freeze_vision_tower", "freeze_multi_modal_projector",
 )
+STAGE_FIELDS = ("stage", "pref_loss", "ref_model", "ref_model_quantization_bit",
+                "reward_model_type", "reward_model", "reward_model_quantization_bit",
+                "max_new_tokens")
 
 
 def default(field: str) -> object:
@@ -101,14 +116,17 @@ def assumed_defaults(given: set[str] | dict, multimodal: bool,
                      transformers_version: str | None = None,
                      spec: object | None = None) -> dict[str, str]:
     """The defaults a spec took for the fields not given (image ones only for VLMs, multi-GPU
-    ones only where `spec`'s run uses them; the optimizer as `transformers_version`'s Trainer
-    picks it)."""
+    ones only where `spec`'s run uses them, stage ones only where the stage uses them; the
+    optimizer as `transformers_version`'s Trainer picks it)."""
     from vram_ml.distributed import RELEVANT_UNDER, relevant
+    from vram_ml.stages import stage_fields_that_apply
 
+    applies = stage_fields_that_apply(given if isinstance(given, dict) else {})
     assumed = {
         name: source
         for name, (_, source) in LLAMAFACTORY_DEFAULTS.items()
         if name not in given and (multimodal or name not in IMAGE_FIELDS)
+        and (name not in STAGE_FIELDS or name in applies)
         and (relevant(name, spec) if spec is not None else name not in RELEVANT_UNDER)
     }
     if "optimizer" in assumed:

@@ -21,12 +21,12 @@ import yaml
 from vram_ml.defaults import assumed_defaults
 from vram_ml.launch_configs import LAUNCH_KEYS, read_launch_configs
 from vram_ml.llamafactory_keys import LLAMAFACTORY_KEYS
+from vram_ml.llamafactory_stages import STAGE_IGNORED_KEYS, STAGE_KEYS, read_stage_keys
 from vram_ml.spec import Spec, SpecError, build_spec
 
 # Keys LLaMA-Factory / transformers accept that do not change peak memory.
 IGNORED_KEYS = frozenset(
     {
-        "stage",
         "do_train",
         "do_eval",
         "do_predict",
@@ -90,8 +90,7 @@ IGNORED_KEYS = frozenset(
         "ms_hub_token",
         "om_hub_token",
         "print_param_status",
-        "packing",
-        "neat_packing",
+        "packing",  # sft: bins padded to cutoff_len (the batch's length anyway); pt: below
         "train_on_prompt",
         "mask_history",
         "use_fast_tokenizer",
@@ -119,6 +118,7 @@ UNMODELLED_KEYS = frozenset(
         "torch_compile",
         "video_max_pixels_train",
         "moe_aux_loss_coef",
+        "neat_packing",  # without FA2: a (B, 1, S, S) block-diagonal mask (data/collator.py:524)
         # videos: a sample's frames add image tokens; vram-ml models images only
         "video_max_pixels",
         "video_min_pixels",
@@ -205,16 +205,21 @@ def spec_from_llamafactory(
     overrides = dict(overrides or {})
     launch_names = {name: overrides.pop(name) for name in ("deepspeed", "accelerate_config")
                     if name in overrides}
+    stage = read_stage_keys(raw, overrides, fields["model"])  # stage, pref_loss, ppo_* ...
+    fields.update(stage.fields)
+    consumed |= stage.consumed
     launch = read_launch_configs(raw, fields, {**overrides, **launch_names}, base, read_files)
     fields.update(launch.fields)
     fields.update(overrides)
     consumed |= {key for key in LAUNCH_KEYS if key in raw}
-    ignored = sorted(key for key in raw if key in IGNORED_KEYS and key not in consumed)
+    ignorable = IGNORED_KEYS | STAGE_IGNORED_KEYS | {*STAGE_KEYS, "num_beams"}
+    ignored = sorted(key for key in raw if key in ignorable and key not in consumed)
     unmodelled = sorted(
-        key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)
+        [key for key in raw if key in UNMODELLED_KEYS and raw[key] not in (None, False)]
+        + stage.unmodelled
     )
     rest = [str(key) for key in raw
-            if key not in consumed and key not in IGNORED_KEYS and key not in UNMODELLED_KEYS]
+            if key not in consumed and key not in ignorable and key not in UNMODELLED_KEYS]
     unassessed = sorted(key for key in rest if key in LLAMAFACTORY_KEYS)
     unknown = sorted(key for key in rest if key not in LLAMAFACTORY_KEYS)
     if unknown and not allow_unknown:
@@ -222,6 +227,7 @@ def spec_from_llamafactory(
     spec = build_spec(**fields)
     multimodal = spec.resolved_model.shape.is_multimodal
     assumed = assumed_defaults(fields, multimodal, spec.transformers_version, spec)
+    assumed.update({key: note for key, note in stage.assumed.items() if key not in overrides})
     if multimodal and "images_per_sample" not in fields:
         spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
         assumed["images_per_sample"] = images_assumed_note()

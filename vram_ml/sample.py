@@ -233,6 +233,9 @@ _INT_SPEC = {
     "zero_persistence_threshold",
     "zero_max_live_parameters",
     "zero_max_reuse_distance",
+    "ref_model_quantization_bit",
+    "reward_model_quantization_bit",
+    "max_new_tokens",
 }
 _BOOL_SPEC = {
     "double_quant",

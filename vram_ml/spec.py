@@ -30,6 +30,7 @@ from vram_ml.distributed import (
 from vram_ml.model_source import ModelSourceError, ResolvedModel, resolve_model
 from vram_ml.optimizers import Optimizer, optimizer_name
 from vram_ml.stack import LIBRARIES, check_version, parse_version
+from vram_ml.stages import PrefLoss, RewardModelType, Stage, canonical_stage_fields, check_stage
 
 Method = Literal["full", "freeze", "lora", "qlora"]
 # bf16 / fp16: mixed precision (half-precision frozen weights, autocast, fp32 trainable params).
@@ -45,6 +46,7 @@ Attention = Literal["eager", "sdpa", "flash_attention_2"]
 Framework = Literal["llamafactory", "trl", "hf_trainer"]
 SPEC_VERSION = 2  # bump when a field's meaning changes: old spec_ids must not collide with new
 # 2: the stack (framework, library versions: STACK_FIELDS). Rows of version 1 have none of them.
+# The stage fields (STAGE_FIELDS) need no bump: an sft spec hashes without them, as before.
 # Fields renamed to LLaMA-Factory's names (old name -> new name; the boolean is inverted). A rename
 # changes no configuration, so `spec_id` hashes these under their old names: ids in stores,
 # claims and datasets stay valid (spec_id_v1 too); rows with the old columns load
@@ -114,6 +116,17 @@ class Spec(BaseModel):
     trl_version: str = default("trl_version")
     bitsandbytes_version: str = default("bitsandbytes_version")
     accelerate_version: str = default("accelerate_version")
+    # --- the training stage (vram_ml/stages.py: which fields apply, what each stage loads) ---
+    stage: Stage = default("stage")
+    pref_loss: PrefLoss = default("pref_loss")  # dpo: orpo / simpo have no reference model
+    ref_model: str | None = Field(default=default("ref_model"),
+                                  description="a separately loaded reference (model source)")
+    ref_model_quantization_bit: Literal[4, 8] | None = default("ref_model_quantization_bit")
+    reward_model_type: RewardModelType = default("reward_model_type")  # ppo
+    reward_model: str | None = Field(default=default("reward_model"),
+                                     description="reward_model_type full: its model source")
+    reward_model_quantization_bit: Literal[4, 8] | None = default("reward_model_quantization_bit")
+    max_new_tokens: int = Field(default=default("max_new_tokens"), ge=1, le=65536)  # ppo
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +180,7 @@ class Spec(BaseModel):
             raise ValueError(f"method: freeze tuning is LLaMA-Factory's; {self.framework} trains "
                              "full, lora or qlora")
         self._check_model()
+        check_stage(self)
         return self
 
     def _check_model(self) -> None:
@@ -228,7 +242,7 @@ class Spec(BaseModel):
         for old, new in LEGACY_SPEC_FIELDS.items():
             fields[old] = not fields.pop(new)
         fields["spec_version"] = SPEC_VERSION
-        return fields
+        return canonical_stage_fields(self, fields)
 
     @cached_property
     def spec_id(self) -> str:

@@ -300,10 +300,16 @@ def _unmeasured(spec: Spec, fields: dict[str, Any]) -> str:
 
 
 def _variant(spec: Spec, fields: dict[str, Any]) -> Spec | None:
+    """The spec with `fields` changed; None when invalid or a stage step that would not start
+    (vram_ml.stages.stage_refusal: PPO with freeze, or with 4/8-bit weights under bf16, fail in
+    LLaMA-Factory too; the recipe's other refusals only leave a change unmeasured)."""
+    from vram_ml.stages import stage_refusal
+
     try:
-        return build_spec(**{**spec.model_dump(), **fields})
+        variant = build_spec(**{**spec.model_dump(), **fields})
     except SpecError:
         return None
+    return None if stage_refusal(variant) else variant
 
 
 def _bound_name(prediction: Any) -> str:

@@ -175,6 +175,8 @@ def dropout_rates(spec: Spec) -> tuple[float, float, float]:
                 or config.get("residual_dropout") or 0.0)
     attention = config.get("attn_pdrop") or config.get("attention_dropout") or 0.0
     embedding = config.get("embd_pdrop") or config.get("embedding_dropout") or 0.0
+    if spec.stage in ("dpo", "kto"):  # disable_dropout_in_model: nn.Dropout modules to p = 0
+        residual = embedding = 0.0
     return float(residual), float(embedding), float(attention)
 
 

@@ -29,6 +29,9 @@ moments (and of `load`, before training):
 - `load` (QLoRA): the weights + what loading holds beside them (transformers 5.0-5.3's
   asynchronous on-the-fly quantization; peft's fp32 casts before TRL's recast).
 
+A training stage (stages.py) runs these moments over its graph with its own logits and models
+(reference, reward), plus its own moments (`stage_forward`, `reference_forward`, PPO's).
+
 What the framework and library versions change is asked of `StackRules` (stack.py); the notes
 say when one of its rules moved the answer (stack_notes.py). Across GPUs (distributed.py) every
 moment is one GPU's: the parameters ZeRO-3 / FSDP keep gathered join the forward and backward
@@ -57,7 +60,7 @@ from typing import TYPE_CHECKING
 from vram_ml.distributed import describe
 from vram_ml.model.estimate import BREAKDOWN_TERMS, Estimate
 from vram_ml.model.formulas import activations as terms
-from vram_ml.model.formulas import experts, vision
+from vram_ml.model.formulas import experts, stages, vision
 from vram_ml.model.formulas.distributed import layout
 from vram_ml.model.formulas.model_states import Dtypes, ModelStates, load_extra, model_states
 from vram_ml.model.formulas.parameters import autocast_weight_params
@@ -228,10 +231,11 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
     padded = rules.padded_seq_len(spec.seq_len)
     if padded != spec.seq_len:  # LLaMA-Factory's collator: the batch is `padded` long
         spec = spec.model_copy(update={"seq_len": padded})
+    spec = stages.graph_spec(spec)  # the training stage's graph: 2B sequences, prompt + response
     shape = spec.shape  # as the spec's transformers version builds it
     dt = Dtypes.of(spec)
     tokens = spec.batch_size * spec.seq_len
-    states = model_states(spec, shape, dt)
+    states = stages.adjust_states(spec, shape, dt, model_states(spec, shape, dt))
     activations = saved_activations(spec, shape, dt, tokens)
     loss_set, head_extra = logits_bytes(spec, tokens, dt)
     trainable_last = spec.method in ("full", "freeze")
@@ -239,12 +243,16 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
     layer_extra = int(tokens * terms.layer_backward_per_token(spec, last, dt, spec.seq_len,
                                                               trainable_last))
     layer_extra = experts.with_merged_expert_backward(spec, last, dt, tokens, layer_extra)
+    stage = stages.stage_step(given, spec, shape, dt, head_extra)
+    activations += stage.extra_activations
+    layer_extra += stage.extra_layer_backward
     shared = states.distributed  # buckets, gathered parameters (distributed.py)
     resident = {
         "weights": states.weights, "quantization_constants": states.quantization_constants,
         "adapters": states.adapters, "optimizer": states.optimizer,
         "gradients": states.persistent_gradients, "gathered": shared.resident_gathered,
         "communication": states.gradient_buffers,
+        "reference_model": stage.reference_model, "reward_model": stage.reward_model,
     }
     backward = {"gathered": shared.resident_gathered + shared.gathered_backward,
                 "communication": states.gradient_buffers + shared.backward_buffers}
@@ -272,8 +280,11 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
         "load": {"weights": states.weights if shared.load_weights is None
                  else shared.load_weights,
                  "quantization_constants": states.quantization_constants,
-                 "temporaries": load_extra(spec, shape, dt)},
+                 "temporaries": load_extra(spec, shape, dt),
+                 "reference_model": stage.reference_model, "reward_model": stage.reward_model},
     }
+    stages.apply_stage(stage, moments, {**resident, **turnaround}, activations,
+                       states.persistent_gradients)
     made = {
         # Liger makes the head's weight gradient inside forward
         "forward_end": states.head_gradients if terms.liger_applies(spec) else 0,
@@ -290,13 +301,14 @@ def analyse(spec: Spec, training_only: bool = False) -> Analysis:
         if moment in ("head_backward", "layer_backward", "backward_end", "optimizer_step"):
             moments[moment]["gradients"] += shared.gradient_partition  # ZeRO-1/2's buffer
     totals = {name: sum(parts.values()) for name, parts in moments.items()}
-    counted = [name for name in MOMENTS if not (training_only and name == "load")]
+    counted = [name for name in (*MOMENTS, *stages.STAGE_MOMENTS)
+               if name in moments and not (training_only and name == "load")]
     peak_moment = max(counted, key=lambda name: totals[name])
     tensors = totals[peak_moment]
     allocated = tensors + CUBLAS_WORKSPACE_BYTES
     reserved = int(allocated * (1 + ALLOCATOR_FRAGMENTATION))
     when = "before training" if peak_moment == "load" else "steady state: optimizer step >= 2"
-    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded),
+    notes = [*_notes(spec, shape), *stack_notes(given, shape, dt, padded), *stage.notes,
              *distributed_notes(spec, shared),
              f"peak at {peak_moment.replace('_', ' ')} ({when})"]
     return Analysis(

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 # batch to its longest sample, rounded up to `pad_to_multiple_of=8` when training. TRL 0.24 pads
 # to the longest with no rounding (trl@v0.24.0:trl/trainer/sft_config.py pad_to_multiple_of None).
 LLAMAFACTORY_PAD_MULTIPLE = 8
+# The pairwise (dpo/workflow.py:48-54, rm/workflow.py:47-49) and KTO (kto/workflow.py:48-54)
+# collators pad to 8 as well; pt's DataCollatorForLanguageModeling (pt/workflow.py:48) and PPO's
+# prompt collator (ppo/workflow.py:48) do not.
+UNPADDED_STAGES = ("pt", "ppo")
 # Bytes per logit of transformers' causal-LM loss under autocast (bf16 logits, fp32 loss):
 # the fp32 upcast and log-softmax output (its saved tensor) beside the half logits. <= 4.45 the
 # model upcasts in forward and frees the half logits (modeling_llama.py:828 in 4.32.0, 1216 in
@@ -96,6 +100,7 @@ class StackRules:
     quant_bits: int | None
     precision: str
     gradient_checkpointing: bool
+    stage: str = "sft"
 
     @classmethod
     def of(cls, spec: Spec) -> StackRules:
@@ -103,7 +108,7 @@ class StackRules:
                    parse_version(spec.peft_version), parse_version(spec.trl_version),
                    parse_version(spec.bitsandbytes_version),
                    parse_version(spec.accelerate_version), spec.method, spec.quant_bits,
-                   spec.precision, spec.gradient_checkpointing)
+                   spec.precision, spec.gradient_checkpointing, spec.stage)
 
     @property
     def llamafactory(self) -> bool:
@@ -117,8 +122,9 @@ class StackRules:
     # --- sequence --------------------------------------------------------------------------
 
     def padded_seq_len(self, seq_len: int) -> int:
-        """The batch's length for samples of `seq_len` tokens (LLAMAFACTORY_PAD_MULTIPLE)."""
-        if not self.llamafactory:
+        """The batch's length for samples of `seq_len` tokens (LLAMAFACTORY_PAD_MULTIPLE;
+        not for UNPADDED_STAGES)."""
+        if not self.llamafactory or self.stage in UNPADDED_STAGES:
             return seq_len
         return -(-seq_len // LLAMAFACTORY_PAD_MULTIPLE) * LLAMAFACTORY_PAD_MULTIPLE
 

@@ -5,7 +5,9 @@ What goes in, and why:
   tower size) and the parameter counts that memory splits by (total, trainable, frozen);
 - tokens per step (batch x seq, image tokens, attention scores, logits elements);
 - every knob of the Spec that moves memory, categorical ones one-hot; the stack as the
-  framework (one-hot) and each library's major and minor version;
+  framework (one-hot) and each library's major and minor version; the training stage (one-hot)
+  and what it loads and runs (a reference forward, reference weights, the reward model, PPO's
+  generated tokens, 2 sequences per sample for the pairwise stages);
 - the analytical estimator's answer: `log_analytical_peak` (the base the residual is learned on,
   see regressor.py) and each breakdown term as a fraction of that peak. Fractions are scale-free,
   so a tree split learned on small models ("activations are 60% of the peak") still applies to a
@@ -33,6 +35,7 @@ from vram_ml.model.learned.targets import BASE_FEATURE as TARGET_BASE_FEATURE
 from vram_ml.optimizers import OPTIMIZERS
 from vram_ml.stack import FRAMEWORKS as FRAMEWORK_NAMES
 from vram_ml.stack import parse_version
+from vram_ml.stages import PAIRWISE_STAGES, STAGES, uses_reference
 
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
@@ -42,6 +45,8 @@ METHODS = ("full", "freeze", "lora", "qlora")
 PRECISIONS = ("bf16", "fp16", "pure_bf16", "fp32", "no_amp")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 FRAMEWORKS = tuple(FRAMEWORK_NAMES)
+STAGE_NAMES = STAGES
+REWARD_MODEL_TYPES = ("lora", "full", "api")
 # The stack's library versions as (major, minor) numbers: the rules change at minor releases.
 STACK_LIBRARIES = ("transformers", "peft", "trl", "bitsandbytes")
 
@@ -97,6 +102,14 @@ SPEC_FEATURES = (
     "zero_stage",
     *(f"framework_{name}" for name in FRAMEWORKS),
     *(f"{library}_{part}" for library in STACK_LIBRARIES for part in ("major", "minor")),
+    # the training stage: which one, whether a reference forward runs and whether it loads
+    # weights, PPO's reward model kind and generated tokens, the sequences in the graph
+    *(f"stage_{name}" for name in STAGE_NAMES),
+    "reference_forward",
+    "reference_weights",
+    *(f"reward_model_{name}" for name in REWARD_MODEL_TYPES),
+    "max_new_tokens",
+    "graph_sequences_per_sample",
 )
 # Features that grow with the model or the batch. Trees cannot extrapolate them (a 10x larger
 # model lands in the largest trained model's leaf); they stay because, trained on models up to
@@ -231,6 +244,21 @@ def spec_row(spec: Spec) -> tuple[float, ...]:
         spec.zero_stage,
         *_one_hot(spec.framework, FRAMEWORKS),
         *_stack_versions(spec),
+        *_stage_row(spec),
+    )
+
+
+def _stage_row(spec: Spec) -> tuple[float, ...]:
+    ppo = spec.stage == "ppo"
+    reference = uses_reference(spec.stage, spec.pref_loss)
+    separate = reference and (spec.ref_model is not None or spec.method in ("full", "freeze"))
+    return (
+        *_one_hot(spec.stage, STAGE_NAMES),
+        float(reference),
+        float(separate),
+        *(float(ppo and spec.reward_model_type == name) for name in REWARD_MODEL_TYPES),
+        spec.max_new_tokens if ppo else 0,
+        2.0 if spec.stage in PAIRWISE_STAGES else 1.0,
     )
 
 
@@ -292,5 +320,5 @@ def _one_hot(value: str, choices: tuple[str, ...]) -> tuple[float, ...]:
 
 _ONE_HOT = {
     choices: {value: tuple(float(value == choice) for choice in choices) for value in choices}
-    for choices in (METHODS, PRECISIONS, ATTENTIONS, OPTIMIZERS, FRAMEWORKS)
+    for choices in (METHODS, PRECISIONS, ATTENTIONS, OPTIMIZERS, FRAMEWORKS, STAGE_NAMES)
 }

@@ -54,6 +54,14 @@ def _special_ids(config: Any) -> list[int]:
 
 
 def make_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu") -> dict:
+    """The spec's micro-batch as its training stage builds it (recipe/stages/: sft and pt take
+    `token_batch`, pairwise stages 2B of its sequences, KTO a KL batch beside it, PPO prompts)."""
+    from vram_ml.model.recipe.stages import stage_for
+
+    return stage_for(spec).make_batch(spec, model, device)
+
+
+def token_batch(spec: Spec, model: nn.Module, device: str | torch.device = "cpu") -> dict:
     """One micro-batch: `input_ids`, `attention_mask`, `labels` (= inputs, image tokens ignored),
     and for VLMs the pixel inputs of their family (+ `image_grid_thw` and `mm_token_type_ids`
     for the grid families, `token_type_ids` for Gemma 3, `image_sizes` for Mistral 3).

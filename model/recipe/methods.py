@@ -155,6 +155,11 @@ def quantize_linears(model: nn.Module, spec: Spec, device: torch.device) -> None
                 quant_storage=torch.uint8, bnb_quantized=True, module=module,
             )
             module.quant_state = state
+            # bitsandbytes 0.50 repacks a 4-bit weight for its CPU kernels the first time an
+            # eval-mode layer runs without grad (nn/modules.py:611-620): a CPU-only layout (and
+            # a new storage); off, so a CPU run keeps what CUDA keeps (frozen references, PPO's
+            # rollouts)
+            module.support_avx512bf16_for_cpu = False
         elif isinstance(module, bnb.nn.Linear8bitLt):
             weight = random_weight(module, compute_dtype(spec), device)
             int8_weight, row_scales, _ = bnb.functional.int8_vectorwise_quant(weight)

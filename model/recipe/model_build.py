@@ -11,6 +11,7 @@ from torch import nn
 from vram_ml.model.recipe.frameworks import framework_for
 from vram_ml.model.recipe.methods import mark_trainable, quantize_linears
 from vram_ml.model.recipe.precision import compute_dtype
+from vram_ml.model.recipe.stages import stage_for
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe, refuse_remote_code
 from vram_ml.model.recipe.weights import materialize
 from vram_ml.model.recipe_support import SUPPORTED_VLMS, recipe_refusal  # noqa: F401 (re-export)
@@ -85,7 +86,9 @@ def is_multimodal(config: Any) -> bool:
 
 def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
     """Build the model of `spec`, ready to train: dtypes, quantization, frozen parts, then
-    checkpointing, LoRA and casts as the spec's framework does them (recipe/frameworks/).
+    checkpointing, LoRA and casts as the spec's framework does them (recipe/frameworks/), then
+    what its training stage adds (recipe/stages/: a value head, a frozen reference or reward
+    model beside the policy, `stages.common.companions(model)`).
 
     Args:
         spec: the configuration.
@@ -119,6 +122,7 @@ def build_model(spec: Spec, device: str | torch.device = "cpu") -> nn.Module:
     mark_trainable(model, spec)
     model = framework_for(spec).prepare(model, spec)  # checkpointing, LoRA, casts
     check_grouped_experts(model)
+    model = stage_for(spec).prepare(model, spec, device)  # value head, reference / reward models
     if device.type != "meta":
         materialize(model, device)
     model.train()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from vram_ml.model.recipe.frameworks import framework_for
+from vram_ml.model.recipe.stages import stage_for
 
 if TYPE_CHECKING:
     from vram_ml.spec import Spec
@@ -25,18 +25,27 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
-    """One optimizer step: `gradient_accumulation` x (the framework's forward and loss, under
-    the HF Trainer's autocast; backward), gradient clipping, `optimizer.step()`,
-    `zero_grad(set_to_none=True)`.
+    """One optimizer step: `gradient_accumulation` x (the stage's forward and loss, for sft and
+    pt the framework's, under the HF Trainer's autocast; backward), gradient clipping,
+    `optimizer.step()`, `zero_grad(set_to_none=True)`; a stage with a step of its own runs it.
 
     Returns:
         The last micro-batch's loss, detached.
     """
-    forward_loss = framework_for(spec).forward_loss
+    stage = stage_for(spec)
+    if hasattr(stage, "train_step"):  # a step of its own (PPO: rollouts, then mini-batches)
+        return stage.train_step(spec, model, batch, optimizer, scaler)
     for _ in range(spec.gradient_accumulation):
-        loss = forward_loss(model, batch, spec) / spec.gradient_accumulation
+        loss = stage.forward_loss(model, batch, spec) / spec.gradient_accumulation
         (scaler.scale(loss) if scaler else loss).backward()
         loss = loss.detach()
+    optimizer_step(optimizer, scaler)
+    return loss
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Gradient clipping, `optimizer.step()` (through the fp16 scaler), `zero_grad(None)`."""
     if scaler:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -47,7 +56,6 @@ def train_step(
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
 
 
 def run_steps(

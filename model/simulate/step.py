@@ -21,6 +21,7 @@ from torch import nn
 from vram_ml.model import recipe
 from vram_ml.model.formulas.analytical import CUBLAS_WORKSPACE_BYTES
 from vram_ml.model.formulas.stack import StackRules
+from vram_ml.model.recipe.stages.common import companions
 from vram_ml.model.simulate.allocator import CachingAllocator
 from vram_ml.model.simulate.cuda_emulation import cuda_behaviour, cuda_hidden_bytes
 from vram_ml.model.simulate.fake import RealMetadataMode, make_fake, quantization_tensors
@@ -121,6 +122,8 @@ def simulate_step(
             notes.append(f"{spec.attention} attention not available for this model: {attention}")
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         make_fake(model, mode)
+        for companion in companions(model).values():  # a stage's reference / reward model
+            make_fake(companion, mode)
         batch = recipe.make_batch(spec, model, "cpu")
         with mode, RealMetadataMode():
             peak = _tracked_steps(spec, model, batch, steps, progress)
@@ -169,12 +172,22 @@ def _tracked_steps(spec: Spec, model: nn.Module, batch: dict, steps: int,
 
 def register_state(tracker: LiveStorageTracker, model: nn.Module, batch: dict,
                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Count what exists before the step: weights, adapters, quantization state, the batch, and
-    optimizer states made when the optimizer is (torch's Adagrad fills `state_sum` there)."""
+    """Count what exists before the step: weights, adapters, quantization state, the batch, a
+    stage's frozen reference / reward model (as `reference_model` / `reward_model`; PPO's
+    "reward" adapter on the policy's base as `reward_model`), and optimizer states made when the
+    optimizer is (torch's Adagrad fills `state_sum` there)."""
     tracker.track_all(quantization_tensors(model), "quantization_constants")
     for name, param in model.named_parameters():
-        tracker.track(param, "adapters" if "lora_" in name else "weights")
+        if ".reward." in name:
+            tracker.track(param, "reward_model")
+        else:
+            tracker.track(param, "adapters" if "lora_" in name else "weights")
     tracker.track_all(model.buffers(), "weights")
+    for role, companion in companions(model).items():
+        term = f"{role}_model"
+        tracker.track_all(quantization_tensors(companion), term)
+        tracker.track_all(companion.parameters(), term)
+        tracker.track_all(companion.buffers(), term)
     tracker.track_all(batch.values(), "activations")
     if optimizer is not None:
         for state in optimizer.state.values():

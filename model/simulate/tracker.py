@@ -6,8 +6,9 @@ when it is freed (a weak reference to the storage, whose Python object lives exa
 the storage does). Ops' internal scratch memory is not a tensor and is not seen; where CUDA's
 scratch is known to matter, a `hidden_bytes` rule adds it at that op (see cuda_emulation.py).
 
-Each storage carries one breakdown term (weights, adapters, activations, ...); the breakdown at
-the peak is kept, with the step and phase where the peak happened.
+Each storage carries one breakdown term (weights, adapters, activations, ...; what a training
+stage's reference forward makes of the logits size is `reference_logits`, what PPO's generation
+makes is `kv_cache`); the breakdown at the peak is kept, with the step and phase of the peak.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from vram_ml.model.recipe.stages.common import PHASE as STAGE_PHASE
 from vram_ml.model.simulate.allocator import CachingAllocator
 
 CUDA_ROUNDING = 512  # the CUDA caching allocator rounds every block up to 512 bytes
@@ -146,9 +148,12 @@ class LiveStorageTracker(TorchDispatchMode):
     def _term(self, func, tensor: torch.Tensor, phase: str) -> str:
         if phase == "optimizer":
             return "optimizer" if str(func) in _STATE_OPS else "temporaries"
+        stage_phase = STAGE_PHASE.get()  # recipe/stages/common.py: what the stage is running
+        if stage_phase == "generation":
+            return "kv_cache"
         if (self.logits_numel and tensor.dim() >= 2 and tensor.shape[-1] == self.vocab_size
                 and tensor.numel() >= self.logits_numel):
-            return "logits"
+            return "reference_logits" if stage_phase == "reference" else "logits"
         return "activations" if phase == "forward" else "temporaries"
 
     def observe(self, hidden: int = 0, phase: str | None = None) -> None:

@@ -29,7 +29,10 @@ SMALL = {"model": "Qwen/Qwen2.5-0.5B", "model_overrides": {"num_hidden_layers": 
     {"method": "full", "optimizer": "adamw_8bit", "gradient_checkpointing": False},
     {"method": "lora", "attention": "eager", "precision": "fp16"},
     {"method": "full", "optimizer": "paged_adamw_32bit"},
-], ids=["lora", "qlora4", "qlora8", "full-8bit-adam", "lora-eager-fp16", "full-paged-32bit"])
+    {"method": "lora", "stage": "dpo"},
+    {"method": "lora", "stage": "ppo", "max_new_tokens": 64},
+], ids=["lora", "qlora4", "qlora8", "full-8bit-adam", "lora-eager-fp16", "full-paged-32bit",
+        "dpo-lora", "ppo-lora"])
 def test_cuda_measurement_is_consistent(tmp_path, fields):
     from vram_ml.model.formulas.analytical import analyse
 

@@ -38,6 +38,17 @@ def test_cpu_backend_counts_what_simulate_counts(tiny_specs):
     assert m.peak_reserved_bytes == fake.peak_reserved_bytes
 
 
+def test_cpu_backend_measures_a_stage_step_as_simulate_counts_it(tiny_specs):
+    """A DPO step with a frozen reference copy: the agent's cpu measurement is simulate's."""
+    from vram_ml.model.simulate.step import simulate_step
+
+    spec = build_spec(**{**tiny_specs[1], "stage": "dpo", "seq_len": 32})
+    m = measure(spec, "cpu", steps=2)
+    fake = simulate_step(spec, steps=2).peak
+    assert m.status == "ok" and fake.breakdown["reference_model"] > 0
+    assert m.peak_allocated_bytes == fake.peak_allocated_bytes
+
+
 def test_simulated_oom_keeps_lower_bounds_and_error_raises(tiny_specs):
     spec = build_spec(**tiny_specs[1])
     oom = measure(spec, "cpu", fail_at_step="oom")

@@ -67,6 +67,10 @@ def test_every_knob_is_a_spec_field_with_valid_values():
                 fields["model"] = "Qwen/Qwen2-VL-2B-Instruct"
             if name == "lora_target" and raw == "attention":
                 continue  # a planner alias, resolved per model
+            if name == "pref_loss":
+                fields["stage"] = "dpo"
+            if name in ("reward_model_type", "max_new_tokens") or raw == "ppo":
+                fields.update(stage="ppo", precision="bf16")
             spec = build_spec(**fields)
             expected = (raw,) if name == "lora_target" else raw
             assert getattr(spec, name) == expected, (name, raw)
@@ -81,6 +85,29 @@ def test_knobs_that_do_not_apply_are_reset():
     attention = make_spec("EleutherAI/pythia-1b", {}, {"method": "lora",
                                                       "lora_target": "attention"})
     assert attention.lora_target == ("query_key_value",)
+
+
+def test_stage_knobs_that_do_not_apply_are_reset_and_refused_steps_skipped():
+    dpo = make_spec("Qwen/Qwen2.5-0.5B", {}, {"method": "lora", "stage": "dpo",
+                                             "pref_loss": "orpo", "max_new_tokens": 64,
+                                             "reward_model_type": "full"})
+    assert (dpo.pref_loss, dpo.max_new_tokens, dpo.reward_model_type) == ("orpo", 1024, "lora")
+    sft = make_spec("Qwen/Qwen2.5-0.5B", {}, {"method": "lora", "pref_loss": "simpo"})
+    assert sft.spec_id == make_spec("Qwen/Qwen2.5-0.5B", {}, {"method": "lora"}).spec_id
+    ppo = make_spec("Qwen/Qwen2.5-0.5B", {}, {"method": "lora", "stage": "ppo",
+                                             "precision": "bf16", "max_new_tokens": 64})
+    assert ppo.max_new_tokens == 64
+    assert make_spec("Qwen/Qwen2.5-0.5B", {}, {"method": "qlora", "quant_bits": 4, "stage": "ppo",
+                                              "precision": "bf16"}) is None  # the recipe refuses
+
+
+def test_plans_cover_the_training_stages():
+    space = load_space()
+    plan = make_plan(space, measured=[], done_ids=set(), device_total_bytes=80 * GIB, limit=60)
+    stages = Counter(p.spec.stage for p in plan.planned)
+    assert set(stages) == {"sft", "pt", "dpo", "kto", "rm", "ppo"}
+    cpu = draw_candidates(load_space(backend="cpu"))
+    assert {"dpo", "kto", "rm", "ppo"} <= {spec.stage for spec in cpu}
 
 
 def test_images_that_overflow_seq_len_are_not_planned():

@@ -36,6 +36,8 @@ def echo_spec(spec_input: SpecInput) -> None:
            if resolved.shape.is_multimodal else "")
         + f" · spec_id {spec.spec_id}"
     )
+    if spec.stage != "sft":
+        console.print(f"stage: {stage_line(spec)}")
     console.print(f"stack: {spec.framework} · transformers {spec.transformers_version} · peft "
                   f"{spec.peft_version} · trl {spec.trl_version} · bitsandbytes "
                   f"{spec.bitsandbytes_version}"
@@ -66,6 +68,25 @@ def echo_spec(spec_input: SpecInput) -> None:
                       + ", ".join(spec_input.unknown) + "[/]")
     if "images_per_sample" in spec_input.assumed:
         console.print(f"[yellow]{spec_input.assumed['images_per_sample']}[/]")
+
+
+def stage_line(spec) -> str:
+    """The training stage and what it loads, e.g. `dpo (sigmoid) · reference: ...`."""
+    from vram_ml.stages import uses_reference
+
+    parts = [spec.stage + (f" ({spec.pref_loss})" if spec.stage == "dpo" else "")]
+    if uses_reference(spec.stage, spec.pref_loss):
+        if spec.ref_model:
+            bits = spec.ref_model_quantization_bit
+            parts.append(f"reference: {spec.ref_model}" + (f" {bits}-bit" if bits else ""))
+        elif spec.method in ("lora", "qlora"):
+            parts.append("reference: the adapter-disabled base")
+        else:
+            parts.append("reference: a frozen copy of the model")
+    if spec.stage == "ppo":
+        reward = spec.reward_model_type + (f" {spec.reward_model}" if spec.reward_model else "")
+        parts += [f"reward: {reward}", f"max_new_tokens {spec.max_new_tokens}"]
+    return " · ".join(parts)
 
 
 def estimates_table(estimates: list[Estimate], title: str = "Peak VRAM (GiB)") -> Table:

@@ -187,6 +187,38 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[str | None, typer.Option(help="accelerate version (FSDP), e.g. 1.11.0.")],
         "accelerate_version",
     ),
+    "stage": (
+        Annotated[str | None, typer.Option(help="sft | pt | dpo | kto | rm | ppo.")],
+        "stage",
+    ),
+    "pref_loss": (
+        Annotated[str | None, typer.Option(help="dpo: sigmoid | hinge | ipo | kto_pair | orpo | "
+                                                "simpo (orpo, simpo: no reference).")],
+        "pref_loss",
+    ),
+    "ref_model": (
+        Annotated[str | None, typer.Option(help="A separately loaded reference (model id/path).")],
+        "ref_model",
+    ),
+    "ref_model_quantization_bit": (
+        Annotated[int | None, typer.Option(help="4 or 8: quantize the ref_model.")],
+        "ref_model_quantization_bit",
+    ),
+    "reward_model_type": (
+        Annotated[str | None, typer.Option(help="ppo: lora | full | api.")], "reward_model_type",
+    ),
+    "reward_model": (
+        Annotated[str | None, typer.Option(help="ppo, reward_model_type full: its model.")],
+        "reward_model",
+    ),
+    "reward_model_quantization_bit": (
+        Annotated[int | None, typer.Option(help="4 or 8: quantize the full reward model.")],
+        "reward_model_quantization_bit",
+    ),
+    "max_new_tokens": (
+        Annotated[int | None, typer.Option(help="ppo: tokens generated per prompt.")],
+        "max_new_tokens",
+    ),
     "override": (
         Annotated[
             list[str] | None, typer.Option(help="Model config override key=value (repeatable).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vram_ml.cards import CARDS, DEFAULT_FIT_CARD
-from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS, STACK_FIELDS
+from vram_ml.defaults import IMAGE_FIELDS, LLAMAFACTORY_DEFAULTS, STACK_FIELDS, STAGE_FIELDS
 from vram_ml.model.estimate import BREAKDOWN_TERMS, ESTIMATORS
 from vram_ml.spec import Spec
 
@@ -27,6 +27,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
              "zero_prefetch_bucket_size", "zero_persistence_threshold",
              "zero_max_live_parameters", "zero_max_reuse_distance"),
     "stack": STACK_FIELDS,
+    "training stage": STAGE_FIELDS,
 }
 # field -> {other field: values under which it matters}; the page dims it otherwise
 RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
@@ -44,6 +45,11 @@ RELEVANT_WHEN: dict[str, dict[str, list[Any]]] = {
         "zero_reduce_bucket_size", "zero_overlap_comm", "zero_prefetch_bucket_size",
         "zero_persistence_threshold", "zero_max_live_parameters", "zero_max_reuse_distance")},
     **{name: {"model": ["multimodal"]} for name in IMAGE_FIELDS},
+    "pref_loss": {"stage": ["dpo"]},
+    "ref_model": {"stage": ["dpo", "kto", "ppo"]},
+    "ref_model_quantization_bit": {"stage": ["dpo", "kto", "ppo"]},
+    **{name: {"stage": ["ppo"]} for name in ("reward_model_type", "reward_model",
+                                            "reward_model_quantization_bit", "max_new_tokens")},
 }
 
 

@@ -54,3 +54,16 @@ def test_features_take_precomputed_analytical_estimates(synthetic_set):
     analytical = [get_estimator("analytical").estimate(spec) for spec in specs]
     again, _ = feature_matrix(specs, analytical)
     np.testing.assert_array_equal(again, feature_matrix(specs)[0])
+
+
+def test_the_training_stage_moves_its_features():
+    specs = [build_spec(model="Qwen/Qwen2.5-0.5B", precision="bf16", **fields) for fields in (
+        {}, {"stage": "dpo"}, {"stage": "dpo", "pref_loss": "orpo", "method": "full"},
+        {"stage": "ppo", "method": "full", "reward_model_type": "full", "max_new_tokens": 64})]
+    matrix, _ = feature_matrix(specs)
+    column = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    assert matrix[0, column["stage_sft"]] == 1 and matrix[1, column["stage_dpo"]] == 1
+    assert list(matrix[:, column["reference_forward"]]) == [0, 1, 0, 1]
+    assert list(matrix[:, column["reference_weights"]]) == [0, 0, 0, 1]
+    assert list(matrix[:, column["graph_sequences_per_sample"]]) == [1, 2, 2, 1]
+    assert matrix[3, column["max_new_tokens"]] == 64 and matrix[3, column["reward_model_full"]]

@@ -19,6 +19,12 @@ CASES = [
     pytest.param(dict(method="full", optimizer="adamw_torch"), id="full-adamw"),
     pytest.param(dict(model=TINY_QWEN2_VL, images_per_sample=1, image_resolution=112, seq_len=128),
                  id="qwen2vl-lora"),
+    # training stages (model/recipe/stages/): the reference forward, the value head, generation
+    pytest.param(dict(stage="dpo", gradient_checkpointing=False), id="dpo-lora"),
+    pytest.param(dict(stage="dpo", method="full"), id="dpo-full-reference-copy"),
+    pytest.param(dict(stage="kto"), id="kto-lora"),
+    pytest.param(dict(stage="rm"), id="rm-lora"),
+    pytest.param(dict(stage="ppo", max_new_tokens=32), id="ppo-lora"),
 ]
 
 
