@@ -64,6 +64,18 @@ def test_the_mapped_packages_resolve_to_the_folders():
     assert Path(vram_ml.agent.__file__).parent == ROOT / "agent"
 
 
+def test_every_package_folder_is_installed():
+    """pyproject's explicit package list (find() cannot map agent/ and model/) names every folder
+    holding modules, or a non-editable install (CI's oldest-stack venv) lacks it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    folders = {name.rsplit(".", 1)[0] for name, path in _modules().items()
+               if path.name != "__init__.py"}
+    assert folders - listed == set()
+
+
 def test_no_import_cycle_at_import_time():
     modules = _modules()
     graph = {name: _top_level_imports(path, modules) - {name} for name, path in modules.items()}
