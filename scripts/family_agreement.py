@@ -21,12 +21,12 @@ ROOT = Path(__file__).parents[1]
 MIB = 2**20
 
 
-def _scaled() -> tuple[dict, dict]:
+def _scaled() -> tuple[dict, dict, dict]:
     spec = importlib.util.spec_from_file_location(
         "scaled_families", ROOT / "tests" / "model" / "scaled_families.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SCALED, module.SCALED_VLM
+    return module.SCALED, module.SCALED_VLM, module.PEFT_HERE
 
 
 def main(families: list[str]) -> None:
@@ -34,7 +34,7 @@ def main(families: list[str]) -> None:
     from vram_ml.model.simulate.estimator import simulate
     from vram_ml.spec import build_spec
 
-    text, vision = _scaled()
+    text, vision, peft_here = _scaled()
     models = {**text, **vision}
     print("| family | model (scaled) | checkpointing | analytical MiB | simulated MiB | gap | s |")
     print("|---|---|---|---:|---:|---:|---:|")
@@ -44,7 +44,8 @@ def main(families: list[str]) -> None:
                 if family in vision else dict(batch_size=2, seq_len=512))
         for checkpointing in (True, False):
             spec = build_spec(model=hf_id, model_overrides=overrides, precision="bf16",
-                              method="lora", gradient_checkpointing=checkpointing, **base)
+                              method="lora", gradient_checkpointing=checkpointing, **base,
+                              **peft_here)
             start = time.perf_counter()
             simulated = simulate(spec).peak_tensor_bytes
             seconds = time.perf_counter() - start

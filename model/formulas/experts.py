@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas.stack import StackRules
+
 if TYPE_CHECKING:
     from vram_ml.architectures import ModelShape
     from vram_ml.model.formulas.model_states import Dtypes
@@ -107,7 +109,7 @@ def pending_routed_gradient(shape: ModelShape, dt: Dtypes) -> float:
     return routed_pairs(shape) * shape.hidden_size * dt.compute
 
 
-# --- LoRA on fused experts (peft 0.21 with transformers 5) ----------------------------------
+# --- LoRA on fused experts (peft >= 0.19 with transformers 5) --------------------------------
 # peft converts LoRA targets written for transformers 4's per-expert nn.Linear MoE into
 # `target_parameters` on the fused 3-D experts (peft/utils/transformers_weight_conversion.py
 # `_convert_peft_config_moe`): for the model_types transformers maps to the "qwen2_moe"
@@ -127,7 +129,8 @@ PEFT_EXPERT_LORA_TYPES = frozenset({"deepseek_v2", "deepseek_v3", "glm4_moe", "q
 def lora_expert_ranks(spec: Spec, shape: ModelShape) -> dict[str, int]:
     """The fused expert parameters LoRA reaches and their rank ({} when none)."""
     if (spec.method not in ("lora", "qlora") or shape.model_type not in PEFT_EXPERT_LORA_TYPES
-            or not shape.has_fused_experts):  # transformers 4.x: experts are nn.Linear
+            or not shape.has_fused_experts  # transformers 4.x: experts are nn.Linear
+            or not StackRules.of(spec).peft_expert_lora):  # peft < 0.19 never converts
         return {}
     targets, ranks = set(spec.target_modules), {}
     if {"gate_proj", "up_proj"} <= targets:

@@ -76,6 +76,10 @@ FUSED_EXPERTS_FROM: Version = (5, 0, 0)
 # precision on the device ahead of the quantizer (v5.3.0 core_model_loading.py:782, :794-808,
 # :1105-1110; issue 43032); PR 44576 (5.4.0) disables it when quantizing on the fly (v5.6.0
 # core_model_loading.py:1270-1278).
+# peft 0.19.0 added `_convert_peft_config_moe` (src/peft/utils/transformers_weight_conversion.py:
+# 349 at v0.19.0, :402 at v0.20.0), which moves gate/up/down targets onto fused 3-D experts;
+# peft 0.18.1 has no such module: its LoRA never reaches fused experts.
+PEFT_EXPERT_LORA_FROM: Version = (0, 19, 0)
 ASYNC_LOAD_FROM: Version = (5, 0, 0)
 ASYNC_LOAD_FIXED: Version = (5, 4, 0)
 # accelerate's FSDP2 preparation casts the whole model to fp32 under mixed precision, frozen
@@ -207,6 +211,12 @@ class StackRules:
         unquantized; LoRA `all` (LLaMA-Factory find_all_linear_modules, model_utils/misc.py:
         28-52: class names holding "Linear"; peft all-linear) does not reach them."""
         return self.transformers >= FUSED_EXPERTS_FROM
+
+    @property
+    def peft_expert_lora(self) -> bool:
+        """peft converts LoRA targets onto fused experts (PEFT_EXPERT_LORA_FROM), which exist
+        only from transformers 5 (FUSED_EXPERTS_FROM); experts.lora_expert_ranks says which."""
+        return self.fused_experts and self.peft >= PEFT_EXPERT_LORA_FROM
 
     # --- logits ----------------------------------------------------------------------------
 

@@ -7,6 +7,17 @@ space.yaml measures the same variants on a GPU.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
+from vram_ml.stack import parse_version
+
+# The spec's peft_version for what the installed peft does (the recipe runs it): peft >= 0.19
+# puts LoRA on fused experts (model/formulas/stack.py PEFT_EXPERT_LORA_FROM), so the newest
+# version LLaMA-Factory accepts on the same side of 0.19 (CI's oldest stack installs 0.18.1).
+_INSTALLED_PEFT = parse_version(version("peft"))
+PEFT_HERE = {"peft_version": "0.20.0" if _INSTALLED_PEFT >= (0, 19, 0) else
+             ".".join(map(str, _INSTALLED_PEFT))}
+
 _NARROW = {"hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 2,
            "vocab_size": 4096}
 SCALED: dict[str, tuple[str, dict[str, int | float]]] = {

@@ -17,7 +17,7 @@ import pytest
 from vram_ml.model.formulas.analytical import analyse
 from vram_ml.spec import build_spec
 
-from ..scaled_families import SCALED, SCALED_VLM
+from ..scaled_families import PEFT_HERE, SCALED, SCALED_VLM
 
 BAND = 0.05
 TEXT = dict(batch_size=2, seq_len=512, precision="bf16", method="lora")
@@ -29,7 +29,7 @@ def _spec(family: str, checkpointing: bool, **fields):
     hf_id, overrides = {**SCALED, **SCALED_VLM}[family]
     base = VISION if family in SCALED_VLM else TEXT
     return build_spec(model=hf_id, model_overrides=overrides, gradient_checkpointing=checkpointing,
-                      **{**base, **fields})
+                      **{**base, **PEFT_HERE, **fields})
 
 
 @pytest.mark.parametrize("family", sorted({**SCALED, **SCALED_VLM}))

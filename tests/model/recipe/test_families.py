@@ -16,7 +16,7 @@ from vram_ml.model.formulas.parameters import adapter_tensors, numel
 from vram_ml.model.recipe.unsupported import UnsupportedRecipe
 from vram_ml.spec import build_spec
 
-from ..scaled_families import SCALED, SCALED_VLM
+from ..scaled_families import PEFT_HERE, SCALED, SCALED_VLM
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -27,7 +27,7 @@ MOE = ["qwen3_moe", "qwen2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe", "mini
 def _spec(family: str, **fields):
     hf_id, overrides = {**SCALED, **SCALED_VLM}[family]
     base = dict(model=hf_id, model_overrides=overrides, batch_size=1, seq_len=64,
-                precision="bf16")
+                precision="bf16", **PEFT_HERE)
     return build_spec(**{**base, **fields})
 
 
@@ -40,14 +40,16 @@ def test_lora_parameters_equal_what_peft_makes(family):
     model = recipe.build_model(spec, "meta")
     made = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
     assert made == numel(adapter_tensors(spec, spec.resolved_model.shape))
-    on_experts = any("experts" in name and "lora_" in name for name, _ in
-                     model.named_parameters())
+    on_experts = any(".experts." in name and "lora_" in name for name, _ in
+                     model.named_parameters())  # routed experts, not `shared_experts`
     assert on_experts == bool(lora_expert_ranks(spec, spec.resolved_model.shape))
 
 
 def test_experts_reached_only_where_peft_converts():
-    assert lora_expert_ranks(_spec("glm4_moe"), _spec("glm4_moe").resolved_model.shape)
-    assert lora_expert_ranks(_spec("deepseek_v3"), _spec("deepseek_v3").resolved_model.shape)
+    for family in ("glm4_moe", "deepseek_v3"):
+        new, old = _spec(family, peft_version="0.20.0"), _spec(family, peft_version="0.18.1")
+        assert lora_expert_ranks(new, new.resolved_model.shape), family
+        assert not lora_expert_ranks(old, old.resolved_model.shape), family  # peft < 0.19
     for family in ("qwen3_moe", "qwen2_moe", "minimax_m2", "gpt_oss", "llama4"):
         assert not lora_expert_ranks(_spec(family), _spec(family).resolved_model.shape), family
 
