@@ -166,7 +166,8 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
     ),
     "fsdp_version": (Annotated[int | None, typer.Option(help="FSDP 1 or 2.")], "fsdp_version"),
     "framework": (
-        Annotated[str | None, typer.Option(help="llamafactory | trl (who wraps the model).")],
+        Annotated[str | None,
+                  typer.Option(help="llamafactory | trl | hf_trainer (who wraps the model).")],
         "framework",
     ),
     "transformers_version": (
