@@ -25,6 +25,7 @@ An out-of-memory error becomes `status="oom"`; the peaks seen until then are kep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,17 +98,40 @@ def measure(spec: Spec, backend: str, steps: int = DEFAULT_STEPS, nvml_index: in
         nvml_index: the NVML index of the GPU (CUDA_VISIBLE_DEVICES already points at it).
         fail_at_step: test hook: "oom" or "error" raises at the first step (see child.py).
     """
+    if backend == "cuda":
+        return measured(lambda peaks: _measure_cuda(spec, steps, nvml_index, peaks, fail_at_step))
+    return measured(lambda peaks: _measure_cpu(spec, steps, peaks, fail_at_step))
+
+
+def measured(run: Callable[[Peaks], None]) -> Measurement:
+    """The Measurement of `run` filling a fresh Peaks; an OOM is status oom with the peaks seen
+    so far as lower bounds, any other error raises."""
     peaks = Peaks()
     try:
-        if backend == "cuda":
-            _measure_cuda(spec, steps, nvml_index, peaks, fail_at_step)
-        else:
-            _measure_cpu(spec, steps, peaks, fail_at_step)
+        run(peaks)
     except Exception as error:
         if not is_oom(error):
             raise
         return peaks.measurement("oom", one_line(error) + " (peaks are lower bounds)")
     return peaks.measurement()
+
+
+def step_hook(fail_at_step: str, after_warm_up: Callable[[], None] | None = None
+              ) -> Callable[[int], None]:
+    """The recipe's `before_step`: `after_warm_up` before step 2 (the context is read after the
+    warm-up step), and the test hook: "oom" or "error" raises at the first step (child.py)."""
+
+    def before_step(step: int) -> None:
+        import torch
+
+        if step == 2 and after_warm_up is not None:
+            after_warm_up()
+        if fail_at_step == "oom":
+            raise torch.OutOfMemoryError("simulated out of memory (test hook)")
+        if fail_at_step == "error":
+            raise RuntimeError("simulated failure (test hook)")
+
+    return before_step
 
 
 def paged_state_bytes(optimizer: Any) -> int:
@@ -123,18 +147,9 @@ def _steps(spec: Spec, model: Any, batch: dict, optimizer: Any, scaler: Any, ste
            peaks: Peaks, fail_at_step: str, synchronize=None, after_warm_up=None) -> None:
     from vram_ml.model.recipe import run_steps
 
-    def test_hook(step: int) -> None:
-        import torch
-
-        if step == 2 and after_warm_up is not None:
-            after_warm_up()
-        if fail_at_step == "oom":
-            raise torch.OutOfMemoryError("simulated out of memory (test hook)")
-        if fail_at_step == "error":
-            raise RuntimeError("simulated failure (test hook)")
-
     peaks.step_seconds.extend(run_steps(spec, model, batch, optimizer, steps, scaler=scaler,
-                                        before_step=test_hook, synchronize=synchronize))
+                                        before_step=step_hook(fail_at_step, after_warm_up),
+                                        synchronize=synchronize))
 
 
 def _measure_cuda(spec: Spec, steps: int, nvml_index: int, peaks: Peaks, fail_at_step: str) -> None:

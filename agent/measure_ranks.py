@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vram_ml.agent.environment import PeakSampler, ProcessMemory
-from vram_ml.agent.measure import Peaks, is_oom, one_line, paged_state_bytes
+from vram_ml.agent.measure import Peaks, measured, paged_state_bytes, step_hook
 
 if TYPE_CHECKING:
     from vram_ml.sample import Measurement
@@ -27,30 +27,10 @@ if TYPE_CHECKING:
 def measure_rank(spec: Spec, backend: str, steps: int, nvml_index: int = 0,
                  fail_at_step: str = "") -> Measurement:
     """This rank's measurement; OOM -> status oom (lower bounds), other errors raise."""
-    peaks = Peaks()
-    try:
-        if backend == "cuda":
-            _measure_cuda_rank(spec, steps, nvml_index, peaks, fail_at_step)
-        else:
-            _measure_cpu_rank(spec, steps, peaks, fail_at_step)
-    except Exception as error:
-        if not is_oom(error):
-            raise
-        return peaks.measurement("oom", one_line(error) + " (peaks are lower bounds)")
-    return peaks.measurement()
-
-
-def _hook(fail_at_step: str, after_warm_up=None):
-    def before_step(step: int) -> None:
-        import torch
-
-        if step == 2 and after_warm_up is not None:
-            after_warm_up()
-        if fail_at_step == "oom":
-            raise torch.OutOfMemoryError("simulated out of memory (test hook)")
-        if fail_at_step == "error":
-            raise RuntimeError("simulated failure (test hook)")
-    return before_step
+    if backend == "cuda":
+        return measured(lambda peaks: _measure_cuda_rank(spec, steps, nvml_index, peaks,
+                                                         fail_at_step))
+    return measured(lambda peaks: _measure_cpu_rank(spec, steps, peaks, fail_at_step))
 
 
 def _measure_cuda_rank(spec: Spec, steps: int, nvml_index: int, peaks: Peaks,
@@ -90,7 +70,7 @@ def _measure_cuda_rank(spec: Spec, steps: int, nvml_index: int, peaks: Peaks,
     try:
         with sampler:
             peaks.step_seconds.extend(run_distributed_steps(
-                spec, wrapped, batch, steps, before_step=_hook(fail_at_step, after_warm_up),
+                spec, wrapped, batch, steps, before_step=step_hook(fail_at_step, after_warm_up),
                 synchronize=torch.cuda.synchronize))
             if len(peaks.step_seconds) == 1:
                 after_warm_up()
@@ -123,7 +103,7 @@ def _measure_cpu_rank(spec: Spec, steps: int, peaks: Peaks, fail_at_step: str) -
             peaks.setup_allocated = setup.peak.peak_allocated_bytes
             peaks.setup_reserved = setup.peak.peak_reserved_bytes
         start = time.perf_counter()
-        peak = tracked_distributed_steps(spec, wrapped, batch, steps, _hook(fail_at_step))
+        peak = tracked_distributed_steps(spec, wrapped, batch, steps, step_hook(fail_at_step))
         peaks.step_seconds.extend([(time.perf_counter() - start) / steps] * steps)
         peaks.allocated = peak.peak_allocated_bytes
         peaks.reserved = peak.peak_reserved_bytes
