@@ -22,6 +22,11 @@ def recipe_refusal(spec: Spec) -> str:
     """Why the recipe cannot build `spec` (one line), or "" when it can."""
     if spec.liger_kernel:
         return "liger_kernel: Liger kernels are not part of this recipe"
+    if spec.additional_target and spec.framework == "llamafactory" and spec.precision == "no_amp":
+        # LLaMA-Factory upcasts the modules_to_save copies to fp32 and nothing casts their
+        # inputs or outputs: the real CPU step fails in the first matmul that mixes them
+        return ("additional_target: without bf16/fp16 LLaMA-Factory's fp32 copies meet "
+                "half-precision tensors (a dtype error in the step); set bf16 or fp16")
     shape = spec.resolved_model.shape
     if shape.is_multimodal and shape.model_type not in SUPPORTED_VLMS:
         return (f"model: vision-language family {shape.model_type!r} is not in the recipe "

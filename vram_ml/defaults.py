@@ -17,6 +17,7 @@ LLAMAFACTORY_DEFAULTS: dict[str, tuple[object, str]] = {
     "lora_alpha": (None, "lora_alpha: None (= lora_rank * 2)"),
     "lora_dropout": (0.0, "lora_dropout: 0.0"),
     "lora_target": (("all",), "lora_target: all (every linear except lm_head and vision modules)"),
+    "additional_target": ((), "additional_target: None (no module trained beside the adapters)"),
     "freeze_trainable_layers": (2, "freeze_trainable_layers: 2 (the last two layers)"),
     "batch_size": (8, "per_device_train_batch_size: 8 (transformers TrainingArguments)"),
     "gradient_accumulation": (1, "gradient_accumulation_steps: 1"),

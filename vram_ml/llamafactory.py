@@ -107,7 +107,6 @@ UNMODELLED_KEYS = frozenset(
         "use_apollo",
         "use_unsloth",
         "pissa_init",
-        "additional_target",
         "upcast_layernorm",
         "upcast_lmhead_output",
         "rope_scaling",
@@ -225,8 +224,19 @@ def spec_from_llamafactory(
     if unknown and not allow_unknown:
         raise SpecError(unknown_keys_message(unknown))
     spec = build_spec(**fields)
+    resized = _resize_vocab_targets(raw, spec)
+    if resized:
+        consumed.add("resize_vocab")
+        unassessed = [key for key in unassessed if key != "resize_vocab"]
+        fields["additional_target"] = resized
+        spec = build_spec(**fields)
     multimodal = spec.resolved_model.shape.is_multimodal
     assumed = assumed_defaults(fields, multimodal, spec.transformers_version, spec)
+    if resized:
+        assumed["additional_target"] = (
+            f"additional_target: {','.join(resized)}, the input embeddings and output head "
+            "resize_vocab trains (LLaMA-Factory adapter.py); the tokenizer assumed to add no "
+            "rows beyond the embedding's")
     assumed.update({key: note for key, note in stage.assumed.items() if key not in overrides})
     if multimodal and "images_per_sample" not in fields:
         spec = build_spec(**{**fields, "images_per_sample": IMAGES_ASSUMED})
@@ -234,6 +244,15 @@ def spec_from_llamafactory(
     assumed.update(launch.assumed)
     return LlamaFactoryRead(spec, assumed, ignored, unmodelled + launch.unmodelled, unknown,
                             unassessed)
+
+
+def _resize_vocab_targets(raw: dict[str, Any], spec: Any) -> tuple[str, ...]:
+    """LoRA with resize_vocab and no additional_target: LLaMA-Factory sets it to the modules
+    holding the input and output embeddings (model/adapter.py `_setup_lora_tuning`)."""
+    if not raw.get("resize_vocab") or spec.method not in ("lora", "qlora") or (
+            spec.additional_target):
+        return ()
+    return (spec.shape.embedding_module, spec.shape.head_module)
 
 
 def images_assumed_note() -> str:
@@ -270,6 +289,7 @@ def _map_keys(raw: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
         "lora_alpha": "lora_alpha",
         "lora_dropout": "lora_dropout",
         "lora_target": "lora_target",
+        "additional_target": "additional_target",
         "quantization_type": "quant_type",
         "double_quantization": "double_quant",
         "per_device_train_batch_size": "batch_size",

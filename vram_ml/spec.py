@@ -76,6 +76,11 @@ class Spec(BaseModel):
     lora_alpha: int | None = Field(default=default("lora_alpha"), ge=1)  # no effect on memory
     lora_dropout: float = Field(default=default("lora_dropout"), ge=0.0, lt=1.0)
     lora_target: tuple[str, ...] = default("lora_target")
+    # LoRA: modules trained whole beside the adapters (peft `modules_to_save`, LLaMA-Factory's
+    # `additional_target`): each keeps its frozen original and trains a copy. The input
+    # embeddings and the output head, by their module names (ModelShape.embedding_module /
+    # head_module: embed_tokens / lm_head, Qwen's wte, ...).
+    additional_target: tuple[str, ...] = default("additional_target")
     freeze_trainable_layers: int = Field(default=default("freeze_trainable_layers"), ge=1)
     batch_size: int = Field(default=default("batch_size"), ge=1, le=4096)
     gradient_accumulation: int = Field(default=default("gradient_accumulation"), ge=1)
@@ -164,6 +169,17 @@ class Spec(BaseModel):
             return ("all",) if "all" in targets else tuple(targets)
         return value
 
+    @field_validator("additional_target", mode="before")
+    @classmethod
+    def _split_additional(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple | set):
+            return tuple(sorted({str(part).strip() for part in value if str(part).strip()}))
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Spec:
         if self.method == "qlora" and self.quant_bits is None:
@@ -200,6 +216,16 @@ class Spec(BaseModel):
                     f"lora_target: {', '.join(unknown)} not in this model "
                     f"(has {', '.join(shape.linear_names)})"
                 )
+        if self.additional_target:
+            if self.method not in ("lora", "qlora"):
+                raise ValueError(f"additional_target: only LoRA trains modules beside adapters "
+                                 f"(method is {self.method})")
+            known = (shape.embedding_module, shape.head_module)
+            unknown = sorted(set(self.additional_target) - set(known))
+            if unknown:
+                raise ValueError(f"additional_target: {', '.join(unknown)} is not this model's "
+                                 f"input embeddings ({known[0]}) or output head ({known[1]}), "
+                                 "the modules vram-ml models as modules_to_save")
         if self.method == "freeze" and self.freeze_trainable_layers > shape.num_layers:
             raise ValueError(
                 f"freeze_trainable_layers: {self.freeze_trainable_layers} exceeds the model's "
@@ -236,6 +262,8 @@ class Spec(BaseModel):
         fields = self.model_dump(mode="json")
         fields["model"] = self.resolved_model.name
         fields["lora_target"] = list(self.target_modules)
+        if not self.additional_target:  # ids made before the field existed stay valid
+            fields.pop("additional_target")
         fields.pop("lora_alpha")  # memory-irrelevant: the same run whatever alpha is
         for name in irrelevant_fields(self):  # multi-GPU fields another kind of run has no use
             fields.pop(name)  # for: a single-GPU spec keeps the id it had before they existed

@@ -195,15 +195,21 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
             spec, group, dt, seq, spec.method == "full") for count, group in shape.layer_groups)
     liger = terms.liger_applies(spec)
     per_token += hidden * (dt.hidden if liger else 4)
+    head_copy = head_copy_cast = 0
+    if shape.head_module in spec.additional_target and spec.method in ("lora", "qlora"):
+        head_copy = shape.head_module_params  # a trainable head copy: its input is saved
+        head_copy_cast = head_copy if dt.autocast and dt.saved_bytes > dt.compute else 0
     if spec.method == "full" and not liger:
         per_token += 2 * hidden * dt.compute  # the norm's output (weight grad), lm_head's input
+    elif head_copy and not liger:
+        per_token += hidden * dt.compute
     per_token += 2 * shape.head_dim * dt.hidden
     if terms.attention_kind(spec, shape) == "eager":  # the float mask, one per kind of layer
         windowed = 0 < shape.attention.sliding_layers < shape.num_layers
         per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
     cast, head = autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
-    cast_saved = head if spec.gradient_checkpointing else cast
+    cast_saved = (head if spec.gradient_checkpointing else cast) + head_copy_cast
     merged = 0 if spec.gradient_checkpointing else sum(
         count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
     return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec) + merged

@@ -8,6 +8,7 @@ across GPUs (DDP, DeepSpeed ZeRO, FSDP: the terms are distributed.py's). Pure Py
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from math import ceil
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from vram_ml.model.formulas.parameters import (
     base_trainable_tensors,
     numel,
     projector_tensors,
+    saved_module_tensors,
     vision_linear_tensors,
 )
 from vram_ml.model.formulas.stack import StackRules
@@ -54,6 +56,14 @@ class Dtypes:
     master: int  # DeepSpeed's fp32 master copy per trainable parameter (0 without DeepSpeed)
     norm: int = 0  # frozen norm weights, when not `frozen` (TRL's QLoRA: fp32)
     gathered_half: bool = False  # FSDP mixed precision: matmuls read gathered half copies
+    # modules_to_save copies (Spec.additional_target): what a full fine-tuning's trainable
+    # parameters get (LLaMA-Factory upcasts every trainable parameter; peft casts only LoRA
+    # layers, so under TRL / the plain Trainer the copies keep the load dtype). 0: `trainable`.
+    saved: int = 0
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.saved or self.trainable
 
     @property
     def gather(self) -> int:
@@ -73,6 +83,21 @@ class Dtypes:
 
     @classmethod
     def of(cls, spec: Spec) -> Dtypes:
+        dt = cls._of(spec)
+        if not spec.additional_target or spec.method not in ("lora", "qlora"):
+            return dt
+        full = cls._of(spec.model_copy(update={"method": "full", "quant_bits": None}))
+        # an fp32 embedding copy turns the residual stream fp32, as in full fine-tuning
+        saved, rules = full.trainable, StackRules.of(spec)
+        if spec.method == "qlora" and not rules.llamafactory and saved == dt.frozen:
+            # copied after peft's kbit prepare upcast the originals (TRL casts them back)
+            saved = rules.frozen_bytes("embedding", dt.frozen)
+        embedding = spec.shape.embedding_module in spec.additional_target
+        hidden = max(dt.hidden, saved) if embedding else dt.hidden
+        return dataclasses.replace(dt, saved=saved, hidden=hidden)
+
+    @classmethod
+    def _of(cls, spec: Spec) -> Dtypes:
         if spec.precision == "fp32":
             return cls(4, 4, 4, 4, False, 0)
         if spec.distributed == "deepspeed" and spec.precision != "no_amp":
@@ -300,18 +325,26 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     weights += frozen * rules.fsdp_frozen_bytes(spec, dt.frozen)
     weights += base_params * dt.trainable + upcast_bytes(spec, shape, dt)
     weights += fp32_kept_bytes(spec, shape, dt)
-    trainable = base + adapters
-    params = base_params + adapter_params
+    saved = saved_module_tensors(spec, shape)  # modules_to_save copies, beside the originals
+    saved_params = numel(saved)
+    weights += saved_params * dt.saved_bytes
+    trainable = base + adapters + saved
+    params = base_params + adapter_params + saved_params
     state_bytes = 4 if dt.master else dt.trainable
-    states, temporaries = optimizer_bytes(spec.optimizer, trainable, state_bytes)
+    states, temporaries = optimizer_bytes(spec.optimizer, base + adapters, state_bytes)
+    saved_states, saved_temporaries = optimizer_bytes(spec.optimizer, saved,
+                                                      4 if dt.master else dt.saved_bytes)
+    states, temporaries = states + saved_states, temporaries + saved_temporaries
     paged = paged_state_bytes(spec.optimizer, trainable)
     states += params * dt.master
     temporaries += params * dt.master  # DeepSpeed's fp32 copy of the gradient partition
     gpu_states = 0 if plan.optimizer_on_cpu else 1  # offloaded: optimizer and gradients on CPU
     on_gpu = 0 if plan.weights_on_cpu else 1
     shard_w, shard_g, shard_o = plan.weight_shards, plan.gradient_shards, plan.optimizer_shards
-    gradients = gpu_states * params * dt.trainable // shard_g
+    gradient_bytes = (params - saved_params) * dt.trainable + saved_params * dt.saved_bytes
+    gradients = gpu_states * gradient_bytes // shard_g
     head = shape.lm_head_params or shape.embedding_params
+    head_copy = shape.head_module_params if shape.head_module in spec.additional_target else 0
     one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)
@@ -330,7 +363,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
         persistent_gradients=gradients if spec.gradient_accumulation > 1 or zero3 else 0,
         gradient_buffers=terms.resident,
         head_gradients=gpu_states * (head + shape.final_norm_params) * dt.trainable // shard_g
-        if spec.method == "full" else 0,
+        if spec.method == "full" else gpu_states * head_copy * dt.saved_bytes // shard_g,
         layer_gradients=gpu_states * one_layer * dt.trainable // shard_g,
         optimizer=gpu_states * (states - paged) // shard_o,
         paged_optimizer=gpu_states * paged // shard_o,

@@ -16,6 +16,9 @@ model_utils/{misc,visual}.py), as the recipe (model/recipe/methods.py) applies t
   experts where it converts them, experts.py) and, when the tower is not frozen, on its blocks'
   linears of the targeted names (`all`: every block linear). Never on the output head or the
   projector (`all` leaves projector keys out, find_all_linear_modules); no base weight trains.
+  `additional_target` (peft `modules_to_save`, adapter.py:246-273) adds a trainable copy of the
+  input embeddings and / or the output head (peft ModulesToSaveWrapper.update deep-copies the
+  module and freezes the original, utils/other.py:632-667): new parameters, the originals stay.
 
 Pure Python, no torch: `predict` counts this thousands of times a second.
 """
@@ -152,6 +155,24 @@ def vision_adapter_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     return _lora_pairs(spec.lora_rank, v.layer_linears, targets, v.num_layers)
 
 
+def saved_module_tensors(spec: Spec, shape: ModelShape) -> Tensors:
+    """The copies peft's modules_to_save trains (Spec.additional_target): new parameters beside
+    the frozen originals (which stay counted where they are)."""
+    if spec.method not in ("lora", "qlora"):
+        return []
+    tensors: Tensors = []
+    rows = shape.input_embedding_params // shape.hidden_size
+    if shape.embedding_module in spec.additional_target:
+        tensors.append((rows, shape.hidden_size, 1))
+    if shape.head_module in spec.additional_target:
+        weight = rows * shape.hidden_size if shape.tie_word_embeddings else (
+            shape.lm_head_params // shape.hidden_size * shape.hidden_size)
+        tensors.append((weight // shape.hidden_size, shape.hidden_size, 1))
+        if shape.head_module_params > weight:  # a head bias (Phi)
+            tensors.append((shape.head_module_params - weight, 0, 1))
+    return tensors
+
+
 @dataclass(frozen=True)
 class TrainableParameters:
     """What trains in one spec, in parameters."""
@@ -160,10 +181,11 @@ class TrainableParameters:
     adapters: int  # LoRA parameters added by peft
     vision: int  # of base + adapters, those inside the vision tower
     projector: int  # of base, the projector's
+    saved: int = 0  # copies of modules_to_save (additional_target): new, trainable
 
     @property
     def total(self) -> int:
-        return self.base + self.adapters
+        return self.base + self.adapters + self.saved
 
 
 def trainable_parameters(spec: Spec) -> TrainableParameters:
@@ -179,7 +201,8 @@ def trainable_parameters(spec: Spec) -> TrainableParameters:
             vision += shape.vision_params
         vision += numel(vision_block_tensors(shape, freeze_vision_blocks(spec, shape)))
         projector = 0 if spec.freeze_multi_modal_projector else shape.projector_params
-    return TrainableParameters(base, adapters, vision, projector)
+    return TrainableParameters(base, adapters, vision, projector,
+                               numel(saved_module_tensors(spec, shape)))
 
 
 def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
@@ -207,7 +230,8 @@ def autocast_weight_params(spec: Spec, shape: ModelShape) -> tuple[int, int]:
 
 
 def parameter_counts(spec: Spec) -> tuple[int, int]:
-    """(trainable, frozen) parameters: adapters count as trainable, the weights they wrap as
-    frozen; trainable + frozen = the model's parameters + the adapters."""
+    """(trainable, frozen) parameters: adapters and modules_to_save copies count as trainable,
+    the weights they wrap or copy as frozen; trainable + frozen = the model's parameters + the
+    adapters + the copies."""
     counts = trainable_parameters(spec)
     return counts.total, spec.shape.total_params - counts.base

@@ -101,7 +101,8 @@ def lora_target_names(model: nn.Module, spec: Spec) -> list[str]:
 
 
 def add_lora(model: nn.Module, spec: Spec) -> nn.Module:
-    """Wrap the target linears with peft LoRA (rank, alpha, dropout from the spec)."""
+    """Wrap the target linears with peft LoRA (rank, alpha, dropout from the spec) and copy the
+    additional_target modules to train (peft modules_to_save)."""
     import peft
 
     targets = lora_target_names(model, spec)
@@ -113,6 +114,7 @@ def add_lora(model: nn.Module, spec: Spec) -> nn.Module:
         lora_dropout=spec.lora_dropout,
         target_modules=targets,
         task_type=peft.TaskType.CAUSAL_LM,
+        modules_to_save=list(spec.additional_target) or None,
     )
     from vram_ml.model.formulas.stack import StackRules
 

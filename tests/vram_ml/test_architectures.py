@@ -55,6 +55,21 @@ def assert_matches_transformers(shape: ModelShape, model) -> None:
         assert_layer_matches(group, layers[index])
     if shape.vision is not None:
         assert_vision_block_matches(shape, model)
+    assert_saved_module_names(shape, model)
+
+
+def assert_saved_module_names(shape: ModelShape, model) -> None:
+    """What additional_target names (peft modules_to_save matches the end of a module's name)
+    is the model's input embeddings and output head, and what a copy of each holds."""
+    def named(suffix: str) -> list:
+        return [module for name, module in model.named_modules()
+                if name == suffix or name.endswith("." + suffix)]
+
+    assert named(shape.embedding_module) == [model.get_input_embeddings()]
+    assert named(shape.head_module) == [model.get_output_embeddings()]
+    assert model.get_input_embeddings().weight.numel() == shape.input_embedding_params
+    head = model.get_output_embeddings()
+    assert sum(p.numel() for p in head.parameters()) == shape.head_module_params
 
 
 def assert_layer_matches(group: ModelShape, layer) -> None:

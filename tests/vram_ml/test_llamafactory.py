@@ -157,3 +157,18 @@ def test_bad_yaml_is_one_line(tmp_path, text, fragment):
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         read_llamafactory_yaml(tmp_path / "absent.yaml")
+
+
+def test_additional_target_and_resize_vocab_train_the_embedding_copies():
+    raw = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B", "bf16": True,
+           "additional_target": "embed_tokens,lm_head"}
+    read = spec_from_llamafactory(raw)
+    assert read.spec.additional_target == ("embed_tokens", "lm_head")
+    assert "additional_target" not in read.unmodelled
+    resized = spec_from_llamafactory({**raw, "additional_target": None, "resize_vocab": True})
+    assert resized.spec.additional_target == ("embed_tokens", "lm_head")
+    assert "resize_vocab" in resized.assumed["additional_target"]
+    assert "resize_vocab" not in resized.unassessed
+    full = spec_from_llamafactory({**raw, "additional_target": None, "resize_vocab": True,
+                                   "finetuning_type": "full"})
+    assert full.spec.additional_target == ()

@@ -45,6 +45,8 @@ def test_spec_id_changes_with_every_memory_knob():
         dict(model_overrides={"num_hidden_layers": 4}),
         dict(freeze_vision_tower=False),
         dict(freeze_multi_modal_projector=False),
+        dict(additional_target="embed_tokens"),
+        dict(additional_target="lm_head,embed_tokens"),
     ]
     ids = {base.spec_id}
     for change in variants:
@@ -108,6 +110,8 @@ BAD_INPUTS = [
     (dict(model_overrides={"no_such_key": 2}), "model_overrides"),
     (dict(unknown_field=1), "unknown_field"),
     (dict(precision="pure_bf16", zero_stage=3, num_gpus=8), "precision"),
+    (dict(additional_target="wte"), "additional_target"),  # Llama's embeddings: embed_tokens
+    (dict(additional_target="lm_head", method="full"), "additional_target"),
 ]
 
 
@@ -143,3 +147,18 @@ def test_every_transformers_optimizer_is_modelled_aliased_or_refused_by_name():
                                         "not model .GaLore") as error:
         build_spec(model=LLAMA, optimizer="galore_adamw")
     assert "\n" not in str(error.value)
+
+
+def test_additional_target_names_the_models_own_modules_and_keeps_old_ids():
+    """modules_to_save names are the model's (Qwen's wte, GPT-NeoX 4.x's embed_out); a spec
+    without them hashes as before the field existed."""
+    qwen = build_spec(model="Qwen/Qwen-7B", additional_target="wte,lm_head", precision="bf16")
+    assert qwen.additional_target == ("lm_head", "wte")
+    neox = "EleutherAI/pythia-1b"
+    assert build_spec(model=neox, additional_target="embed_out",
+                      transformers_version="4.57.1").additional_target == ("embed_out",)
+    with pytest.raises(SpecError, match="additional_target: embed_out is not"):
+        build_spec(model=neox, additional_target="embed_out")  # transformers 5: lm_head
+    plain = build_spec(model=LLAMA)
+    assert "additional_target" not in plain.canonical()
+    assert build_spec(model=LLAMA, additional_target="").spec_id == plain.spec_id

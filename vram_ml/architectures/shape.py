@@ -12,6 +12,17 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 
 
+# The input embeddings' and output head's module names where they are not transformers' usual
+# embed_tokens / lm_head (peft matches `modules_to_save` by the end of a module's name; the
+# remote-code ones after modeling_qwen.py / modeling_chatglm.py, the rest as transformers builds
+# them: tests/architectures check every catalog model's against get_input/output_embeddings).
+EMBEDDING_MODULES = {"qwen": "wte", "gpt_bigcode": "wte", "gpt_neox": "embed_in",
+                     "bloom": "word_embeddings", "falcon": "word_embeddings",
+                     "chatglm": "word_embeddings"}
+HEAD_MODULES = {"chatglm": "output_layer"}
+HEAD_MODULES_V4 = {"gpt_neox": "embed_out"}  # transformers 5 renamed it lm_head
+
+
 class UnsupportedArchitecture(ValueError):
     """The config's model_type has no closed-form shape here."""
 
@@ -145,6 +156,8 @@ class ModelShape:
     # reaches them). None: the same layer in both. Read through `for_transformers`.
     v4_layer_linears: tuple[LinearShape, ...] | None = None
     v4_layer_other_params: int | None = None
+    embedding_rows: int = 0  # rows of the input embedding where not vocab_size (Mllama: + 8)
+    v4_head_module: str = ""  # set by for_transformers(4) where 4.x named the head otherwise
 
     @property
     def layer_linear_params(self) -> int:
@@ -221,6 +234,25 @@ class ModelShape:
         return tuple(dict.fromkeys(names))
 
     @property
+    def embedding_module(self) -> str:
+        return EMBEDDING_MODULES.get(self.model_type, "embed_tokens")
+
+    @property
+    def head_module(self) -> str:
+        return self.v4_head_module or HEAD_MODULES.get(self.model_type, "lm_head")
+
+    @property
+    def input_embedding_params(self) -> int:
+        """The input embedding's weight (embedding_params less position tables and norms)."""
+        return (self.embedding_rows or self.vocab_size) * self.hidden_size
+
+    @property
+    def head_module_params(self) -> int:
+        """The output head module's parameters (a tied head: the shared embedding weight)."""
+        tied = self.input_embedding_params if self.tie_word_embeddings else 0
+        return self.lm_head_params + tied  # lm_head_params: a tied head's bias alone (Phi)
+
+    @property
     def is_multimodal(self) -> bool:
         return self.vision is not None
 
@@ -230,8 +262,11 @@ class ModelShape:
 
     def for_transformers(self, major: int) -> ModelShape:
         """The shape as that transformers major version builds the model (same parameters)."""
-        if major >= 5 or self.v4_layer_linears is None:
+        if major >= 5:
             return self
+        if self.v4_layer_linears is None:
+            head = HEAD_MODULES_V4.get(self.model_type, "")
+            return replace(self, v4_head_module=head) if head else self
         return replace(self, layer_linears=self.v4_layer_linears,
                        layer_other_params=self.v4_layer_other_params, v4_layer_linears=None,
                        v4_layer_other_params=None)

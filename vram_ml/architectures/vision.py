@@ -230,6 +230,7 @@ def mllama(config: Mapping[str, Any]) -> ModelShape:
         layer_linears=qkvo(hidden, heads, kv, hd, False, False) + gated_mlp(
             hidden, c["intermediate_size"]),
         layer_other_params=2 * hidden, embedding_params=(vocab + 8) * hidden,
+        embedding_rows=vocab + 8,
         lm_head_params=0 if tied else vocab * hidden, final_norm_params=hidden)
     v = {**_MLLAMA_VISION, **(config.get("vision_config") or {})}
     h, inter = v["hidden_size"], v["intermediate_size"]

@@ -83,6 +83,11 @@ _OPTIONS: dict[str, tuple[Any, str | None]] = {
         Annotated[str | None, typer.Option(help="all, or modules: q_proj,v_proj.")],
         "lora_target",
     ),
+    "additional_target": (
+        Annotated[str | None, typer.Option(
+            help="LoRA: modules trained whole beside it (modules_to_save): embed_tokens,lm_head.")],
+        "additional_target",
+    ),
     "batch_size": (
         Annotated[int | None, typer.Option(help="Per-device batch size.")],
         "batch_size",

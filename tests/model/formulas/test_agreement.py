@@ -28,10 +28,13 @@ AGREEMENT_CASES = [
     {"gradient_checkpointing": True}, {"attention": "eager"}, {"method": "freeze"},
     {"lora_dropout": 0.1, "optimizer": "adamw_8bit"},
     {"method": "full", "optimizer": "lion_8bit"}, {"method": "full", "optimizer": "adagrad"},
+    {"additional_target": "embed_tokens,lm_head"},
+    {"additional_target": "lm_head", "method": "qlora", "quant_bits": 4},
 ]
 # trl (HF Trainer / SFTTrainer + peft): two cases here, the rest in the slow tier (freeze is
 # LLaMA-Factory's only)
-TRL_DEFAULT_TIER = ({}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"})
+TRL_DEFAULT_TIER = ({}, {"method": "qlora", "quant_bits": 4, "precision": "no_amp"},
+                    {"additional_target": "embed_tokens,lm_head"})
 
 
 @pytest.mark.parametrize("framework, fields", [

@@ -58,6 +58,25 @@ def test_decoder_trainable_parameters_are_what_the_recipe_builds(model, fields):
         trainable_parameters(spec).total)
 
 
+@pytest.mark.parametrize("model, targets", [
+    (dict(model=TINY_LLAMA), "embed_tokens"), (dict(model=TINY_LLAMA), "lm_head"),
+    (dict(model=TINY_LLAMA), "embed_tokens,lm_head"), (TINY_BLOOM, "word_embeddings,lm_head"),
+], ids=["llama-embed", "llama-head", "llama-both", "bloom-both"])
+@pytest.mark.parametrize("framework", ["llamafactory", "trl"])
+def test_modules_to_save_copies_are_what_peft_builds(model, targets, framework):
+    """additional_target: peft copies each module and trains the copy; the original stays."""
+    spec = build_spec(batch_size=1, seq_len=64, precision="bf16", framework=framework,
+                      additional_target=targets, **model)
+    plain = build_spec(batch_size=1, seq_len=64, precision="bf16", framework=framework, **model)
+    built = recipe.build_model(spec, "meta")
+    counts = trainable_parameters(spec)
+    assert sum(p.numel() for p in built.parameters() if p.requires_grad) == counts.total
+    assert counts.saved > 0 and counts.total == trainable_parameters(plain).total + counts.saved
+    trainable, frozen = parameter_counts(spec)
+    assert frozen == parameter_counts(plain)[1]  # the originals stay, frozen
+    assert trainable + frozen == sum(p.numel() for p in built.parameters())
+
+
 def test_the_issue_case_lora_q_v_on_an_unfrozen_clip_tower():
     """LLaMA-Factory's LoRA reaches the tower's q_proj / v_proj when it is not frozen."""
     frozen = tiny_spec(TINY_LLAVA, lora_target="q_proj,v_proj")

@@ -49,6 +49,8 @@ def test_registry_builds_the_estimator():
 @pytest.mark.parametrize("fields,message", [
     (dict(liger_kernel=True), "liger_kernel"),
     (dict(num_gpus=2), "ddp is not simulated"),
+    # the real CPU step of this recipe fails in a matmul mixing the fp32 copy and bf16 tensors
+    (dict(additional_target="lm_head", precision="no_amp"), "additional_target: without bf16"),
 ])
 def test_refusals_are_one_line(fields, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -40,6 +40,7 @@ RECIPES = [
     pytest.param(dict(precision="fp32"), id="lora-fp32"),
     pytest.param(dict(precision="no_amp"), id="lora-no-amp"),
     pytest.param(dict(gradient_accumulation=2), id="lora-grad-accum"),
+    pytest.param(dict(additional_target="embed_tokens,lm_head"), id="lora-modules-to-save"),
 ]
 
 VLMS = [
