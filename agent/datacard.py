@@ -25,6 +25,8 @@ COLUMN_DOCS: dict[str, tuple[str, str, str]] = {
     "lora_alpha": ("int", "", "LoRA alpha as given (no effect on memory; empty = 2 x rank)"),
     "lora_dropout": ("float", "", "LoRA dropout probability (> 0 keeps a dropped input copy)"),
     "lora_target": ("json", "", "LoRA target module names, or [\"all\"]"),
+    "additional_target": ("json", "", "LoRA: modules trained as peft modules_to_save copies "
+                          "(input embeddings / output head names), [] = none"),
     "freeze_trainable_layers": ("int", "layers", "freeze method: trainable last decoder layers"),
     "batch_size": ("int", "sequences", "per-device micro-batch size"),
     "gradient_accumulation": ("int", "", "micro-batches per optimizer step"),

@@ -133,7 +133,7 @@ SPEC_COLUMNS = tuple(name for name in Spec.model_fields)
 MEASUREMENT_COLUMNS = tuple(f.name for f in fields(Measurement))
 PROVENANCE_COLUMNS = tuple(f.name for f in fields(Provenance))
 COLUMNS = ("spec_id", *SPEC_COLUMNS, *MEASUREMENT_COLUMNS, *PROVENANCE_COLUMNS)
-_JSON_COLUMNS = {"model_overrides", "lora_target"}
+_JSON_COLUMNS = {"model_overrides", "lora_target", "additional_target"}
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:

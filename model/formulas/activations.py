@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from vram_ml.model.formulas import experts
 from vram_ml.model.formulas.model_states import Dtypes, layer_norm_params
+from vram_ml.model.formulas.parameters import head_copy_params
 from vram_ml.model.formulas.stack import StackRules
 
 if TYPE_CHECKING:
@@ -378,3 +379,14 @@ def layer_backward_per_token(spec: Spec, shape: ModelShape, dt: Dtypes, seq: int
     else:  # the layer's activations are in the saved ones already
         worst = max(mlp, attention - second)
     return 2 * shape.hidden_size * dt.hidden + worst
+
+
+def head_copy_terms(spec: Spec, shape: ModelShape, dt: Dtypes, liger: bool) -> tuple[int, int]:
+    """(bytes per token, bytes once) an output-head modules_to_save copy adds to the saved
+    activations: the head's input, kept for the copy's weight gradient (Liger's fused loss
+    saves none), and under autocast the half copy of an fp32 copy's weight."""
+    copy = head_copy_params(spec, shape)
+    if not copy:
+        return 0, 0
+    per_token = 0 if liger else shape.hidden_size * dt.compute
+    return per_token, copy if dt.autocast and dt.saved_bytes > dt.compute else 0

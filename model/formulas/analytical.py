@@ -195,24 +195,19 @@ def saved_activations(spec: Spec, shape: ModelShape, dt: Dtypes, tokens: int) ->
             spec, group, dt, seq, spec.method == "full") for count, group in shape.layer_groups)
     liger = terms.liger_applies(spec)
     per_token += hidden * (dt.hidden if liger else 4)
-    head_copy = head_copy_cast = 0
-    if shape.head_module in spec.additional_target and spec.method in ("lora", "qlora"):
-        head_copy = shape.head_module_params  # a trainable head copy: its input is saved
-        head_copy_cast = head_copy if dt.autocast and dt.saved_bytes > dt.compute else 0
     if spec.method == "full" and not liger:
         per_token += 2 * hidden * dt.compute  # the norm's output (weight grad), lm_head's input
-    elif head_copy and not liger:
-        per_token += hidden * dt.compute
-    per_token += 2 * shape.head_dim * dt.hidden
+    copy_per_token, copy_cast = terms.head_copy_terms(spec, shape, dt, liger)  # modules_to_save
+    per_token += 2 * shape.head_dim * dt.hidden + copy_per_token
     if terms.attention_kind(spec, shape) == "eager":  # the float mask, one per kind of layer
         windowed = 0 < shape.attention.sliding_layers < shape.num_layers
         per_token += seq * dt.hidden * (2 if windowed else 1)
     per_token += hidden if terms.dropout_rates(spec)[1] else 0
     cast, head = autocast_weight_params(spec, shape) if dt.casts_trainable else (0, 0)
-    cast_saved = (head if spec.gradient_checkpointing else cast) + head_copy_cast
+    cast_saved = (head if spec.gradient_checkpointing else cast) + copy_cast
     merged = 0 if spec.gradient_checkpointing else sum(
         count * experts.merged_expert_bytes(spec, group, dt) for count, group in shape.layer_groups)
-    return (int(tokens * per_token) + 2 * cast_saved // _weight_shards(spec) + merged
+    return (int(tokens * per_token) + 2 * cast_saved // layout(spec).weight_shards + merged
             + vision.vision_activation_bytes(spec, dt))
 
 
@@ -222,11 +217,7 @@ def autocast_cache_extra(spec: Spec, shape: ModelShape, dt: Dtypes) -> int:
     if not dt.casts_trainable or not spec.gradient_checkpointing:
         return 0
     cast, head = autocast_weight_params(spec, shape)
-    return 2 * (cast - head) // _weight_shards(spec)
-
-
-def _weight_shards(spec: Spec) -> int:
-    return layout(spec).weight_shards
+    return 2 * (cast - head) // layout(spec).weight_shards
 
 
 def analyse(spec: Spec, training_only: bool = False) -> Analysis:

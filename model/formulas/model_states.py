@@ -18,6 +18,7 @@ from vram_ml.model.formulas.parameters import (
     Tensors,
     adapter_tensors,
     base_trainable_tensors,
+    head_copy_params,
     numel,
     projector_tensors,
     saved_module_tensors,
@@ -344,7 +345,7 @@ def model_states(spec: Spec, shape: ModelShape, dt: Dtypes) -> ModelStates:
     gradient_bytes = (params - saved_params) * dt.trainable + saved_params * dt.saved_bytes
     gradients = gpu_states * gradient_bytes // shard_g
     head = shape.lm_head_params or shape.embedding_params
-    head_copy = shape.head_module_params if shape.head_module in spec.additional_target else 0
+    head_copy = head_copy_params(spec, shape)
     one_layer = (shape.last_layer.layer_params if spec.method in ("full", "freeze")
                  else adapter_params // max(1, shape.num_layers))
     largest = max((rows * max(cols, 1) for rows, cols, _ in quantized), default=0)

@@ -173,6 +173,14 @@ def saved_module_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     return tensors
 
 
+def head_copy_params(spec: Spec, shape: ModelShape) -> int:
+    """The output head's modules_to_save copy (0 without one): it trains, so its input is saved
+    and its gradient made at the head's backward, as in full fine-tuning."""
+    if spec.method not in ("lora", "qlora") or shape.head_module not in spec.additional_target:
+        return 0
+    return shape.head_module_params
+
+
 @dataclass(frozen=True)
 class TrainableParameters:
     """What trains in one spec, in parameters."""

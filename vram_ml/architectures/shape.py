@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, replace
 
-
 # The input embeddings' and output head's module names where they are not transformers' usual
 # embed_tokens / lm_head (peft matches `modules_to_save` by the end of a module's name; the
 # remote-code ones after modeling_qwen.py / modeling_chatglm.py, the rest as transformers builds

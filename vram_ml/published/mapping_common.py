@@ -232,8 +232,7 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
         request.set("method", method)
     else:
         request.block(f"method {method}: not in the Spec")
-    if run.get("trainable_embeddings"):
-        request.block("trainable embeddings and lm_head (modules_to_save): not in the Spec")
+    embeddings_trained(request, run, method)
     if run.get("trainable_vision"):
         request.set("freeze_vision_tower", False)
     for name in ("images_per_sample", "image_resolution"):
@@ -265,6 +264,21 @@ def readme_request(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
         request.set("attention", run["attention"])
     adamw(request, run.get("optimizer"))
     return request
+
+
+def embeddings_trained(request: SpecRequest, run: dict[str, Any], method: str) -> None:
+    """A run that trains the embeddings / head beside LoRA: peft modules_to_save copies are
+    Spec.additional_target (the names as the script passes them); a module unfrozen in place
+    (requires_grad on the base weight, no copy) is not in the Spec. Full fine-tuning trains them
+    anyway."""
+    if not run.get("trainable_embeddings") or method not in ("lora", "qlora"):
+        return
+    saved = run.get("modules_to_save")
+    if saved:
+        request.set("additional_target", list(saved))
+    else:
+        request.block("embeddings trained in place beside LoRA (requires_grad on the base "
+                      "weights, not a modules_to_save copy): not in the Spec")
 
 
 def _readme_precision(request: SpecRequest, precision: str) -> None:

@@ -24,6 +24,7 @@ RUN_KEYS = (
     "lora_dropout",
     "lora_target",
     "trainable_embeddings",
+    "modules_to_save",  # the names a script passes to peft (trainable copies)
     "trainable_vision",
     "per_device_batch_size",
     "gradient_accumulation_steps",

@@ -115,14 +115,34 @@ def qwen_spec(source: str) -> dict:
 
 
 def test_remote_code_models_missing_from_the_catalog_say_so():
-    """Qwen-72B-Chat, the Qwen base models and GLM-4V have no (usable) real config here: they
-    stay unmapped for that, besides any other reason."""
+    """Qwen-72B-Chat and GLM-4V have no (usable) real config here: they stay unmapped for that,
+    besides any other reason."""
     reasons = {row["unmapped_reason"].split("; ")[0] for row in ROWS if json.loads(
-        row["run"]).get("model") in ("Qwen/Qwen-72B-Chat", "Qwen/Qwen-14B", "Qwen/Qwen-VL",
-                                     "THUDM/glm-4v-9b")}
+        row["run"]).get("model") in ("Qwen/Qwen-72B-Chat", "THUDM/glm-4v-9b")}
     assert reasons and all("remote-code-only model" in reason for reason in reasons)
     assert any("no closed-form shape builder" in reason for reason in reasons)  # GLM-4V
     assert any("not in the catalog" in reason for reason in reasons)
+
+
+def test_base_models_map_through_an_evidenced_alias_and_train_modules_to_save_copies():
+    """Qwen's base models share their chat model's config (an alias with its evidence); LoRA on
+    them trains copies of wte and lm_head (finetune.py's modules_to_save): additional_target.
+    MiniCPM-V unfreezes embed_tokens in place, which no Spec field describes."""
+    from vram_ml.model_source import load_catalog
+
+    for base, chat in (("Qwen/Qwen-VL", "Qwen/Qwen-VL-Chat"),
+                       ("Qwen/Qwen-14B", "Qwen/Qwen-14B-Chat")):
+        assert load_catalog()[chat].config and base in load_catalog()[chat].aliases
+        rows = [row for row in ROWS if json.loads(row["run"]).get("model") == base
+                and json.loads(row["run"]).get("method") == "lora" and row["per_gpu"] == "true"]
+        mapped = [json.loads(row["spec"]) for row in rows if row["mapping"] == "mapped"]
+        assert mapped and {spec["model"] for spec in mapped} == {chat}
+        assert all(spec["additional_target"] == ["lm_head", "wte"] for spec in mapped)
+    minicpm = [row for row in ROWS if row["source"] == "minicpm-v"
+               and json.loads(row["run"]).get("trainable_embeddings")
+               and json.loads(row["run"]).get("method") == "lora"]
+    assert minicpm and all("embeddings trained in place" in row["unmapped_reason"]
+                           for row in minicpm)
 
 
 def test_qwen_lora_targets_reach_both_c_proj_modules_and_qwen_vl_only_the_attention_one():

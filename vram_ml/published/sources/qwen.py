@@ -14,6 +14,7 @@ from vram_ml.published.parsed_row import CARD_BASIS, make_row, mem_value, new_ru
 from vram_ml.published.sources.qwen_context import (  # noqa: F401 (the parser's interface)
     CELL_RE,
     HEADING,
+    QWEN_MODULES_TO_SAVE,
     REPOSITORY,
     SIZE_ID,
     SOURCE,
@@ -199,7 +200,8 @@ def parse(text, *, repository, path, commit, commit_date, context):
                 ], launch_script="finetune/finetune_lora_ds.sh")
             row["run"] = new_run(
                 model=model, model_label=f"Qwen-72B / {lab}", method="lora",
-                trainable_embeddings=emb, lora_rank=context.get("lora_r"),
+                trainable_embeddings=emb, modules_to_save=QWEN_MODULES_TO_SAVE if emb else None,
+                lora_rank=context.get("lora_r"),
                 lora_alpha=context.get("lora_alpha"), lora_dropout=context.get("lora_dropout"),
                 lora_target=context.get("lora_targets"),
                 per_device_batch_size=1, gradient_accumulation_steps=8, seq_len=None,

@@ -22,6 +22,9 @@ HEADING = "### Profiling of Memory and Speed"
 
 SIZE_ID = {"1.8B": "1_8B", "7B": "7B", "14B": "14B", "72B": "72B"}
 
+# finetune.py's `modules_to_save = ["wte", "lm_head"]` (cited per row as ev["modules_to_save"])
+QWEN_MODULES_TO_SAVE = ["wte", "lm_head"]
+
 
 # ---------------------------------------------------------------------------
 def _script_facts(repo, commit, script):
@@ -158,6 +161,7 @@ def _method_info(label, size, ctx, gpus):
                    quant_method="GPTQ int4 (auto-gptq via transformers GPTQConfig)", model=int4)
         emb = not ctx.get("chat_switch", False)
         run["trainable_embeddings"] = emb
+        run["modules_to_save"] = QWEN_MODULES_TO_SAVE if emb else None
         a.append(f"model={int4}: Q-LoRA uses the released Int4 (GPTQ) chat checkpoint; "
                  f"finetune.py loads it with GPTQConfig ({ev.get('gptq_bits') or ev.get('gptq')})")
         if emb:
@@ -205,7 +209,8 @@ def _method_info(label, size, ctx, gpus):
                 "embedding and "
                 f"output layer'; finetune.py only skips modules_to_save for chat/Q-LoRA models "
                 f"({ev.get('chat_switch')})")
-        run.update(model=model, trainable_embeddings=emb)
+        run.update(model=model, trainable_embeddings=emb,
+                   modules_to_save=QWEN_MODULES_TO_SAVE if emb else None)
         if "zero3" in low.replace(" ", ""):
             script = "finetune/finetune_lora_ds.sh"
     s = sc.get(script) or {}

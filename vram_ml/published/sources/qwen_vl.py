@@ -10,7 +10,11 @@ import re
 from vram_ml.published.document_text import cite_text, html_span, html_tables
 from vram_ml.published.parsed_row import CARD_BASIS, make_row, mem_value, new_run, new_stack
 from vram_ml.published.requirement_pins import versions_from_files
-from vram_ml.published.sources.qwen_context import _ds_facts, _script_facts
+from vram_ml.published.sources.qwen_context import (
+    QWEN_MODULES_TO_SAVE,
+    _ds_facts,
+    _script_facts,
+)
 from vram_ml.published.units import card_bytes
 
 SOURCE = "qwen-vl"
@@ -206,6 +210,7 @@ def parse(text, *, repository, path, commit, commit_date, context):
                 lora_rank=context.get("lora_r"), lora_alpha=context.get("lora_alpha"),
                 lora_dropout=context.get("lora_dropout"),
                 lora_target=context.get("lora_targets"), trainable_embeddings=emb,
+                modules_to_save=QWEN_MODULES_TO_SAVE if emb else None,
                 trainable_vision=False if s.get("fix_vit") else None, per_device_batch_size=1,
                 gradient_accumulation_steps=8, seq_len=int(seq),
                 seq_len_semantics="model_max_length; samples right-padded to it (finetune.py)",
