@@ -58,7 +58,10 @@ SOURCE_NOTES: dict[str, dict[str, str]] = {
                "scripts at each version's commit.",
         "caveats": "Multi-GPU cells are sums (exceed one card). Qwen (v1) is remote code only: "
                    "mapped rows rest on its closed-form shape (vram_ml/architectures/"
-                   "remote_code.py); simulate and the recipe refuse it.",
+                   "remote_code.py); simulate and the recipe refuse it. Base-model rows map to "
+                   "the chat model's config (a catalog alias, with its evidence) and LoRA on a "
+                   "base model trains copies of wte and lm_head (finetune.py modules_to_save: "
+                   "Spec additional_target).",
     },
     "qwen-vl": {
         "what": "README fine-tuning profile: Qwen-VL LoRA (base/chat) and Q-LoRA, sequence "
@@ -66,7 +69,9 @@ SOURCE_NOTES: dict[str, dict[str, str]] = {
         "how": "As Qwen: unit stated (GB), statistic `unknown`.",
         "caveats": "Remote code only (closed-form shape as for Qwen: Qwen-7B + ViT-bigG + "
                    "resampler, 258 tokens per image). Images' token count comes from the "
-                   "inference section.",
+                   "inference section. LoRA (Base) rows: Qwen-VL as an alias of Qwen-VL-Chat's "
+                   "config (README: same model, aligned) with wte / lm_head trained as "
+                   "modules_to_save copies (additional_target).",
     },
     "minicpm-v": {
         "what": "`finetune/readme.md`: LoRA vs full on 2 / 4 / 8 A100-80GB, max length 2048 "
