@@ -251,3 +251,22 @@ def test_pasted_configs_stay_in_the_servers_own_folder(assets):
         assert answer["spec"]["model"].startswith(str(folder))
         assert len(list(folder.glob("*.json"))) == 1
     assert not folder.exists()  # removed when the server stops
+
+
+def test_additional_target_is_a_form_field_the_cli_reads_the_same_way(client):
+    spec = {"model": "Qwen/Qwen-7B", "additional_target": "wte,lm_head", "precision": "bf16",
+            "batch_size": 1, "seq_len": 1024}
+    answer = client.post("/api/predict", json={"spec": spec})
+    expected = _cli_json("predict", "--model", "Qwen/Qwen-7B", "--additional-target",
+                         "lm_head,wte", "--precision", "bf16", "--batch-size", "1",
+                         "--seq-len", "1024")
+    assert _without_source(answer.json()) == _without_source(expected)
+    assert answer.json()["spec"]["additional_target"] == ["lm_head", "wte"]
+    plain = client.post("/api/predict", json={"spec": {**spec, "additional_target": ""}})
+    assert plain.json()["peak_vram_bytes"] < answer.json()["peak_vram_bytes"]
+    wrong = client.post("/api/predict",
+                        json={"spec": {**spec, "additional_target": "embed_tokens"}})
+    assert wrong.status_code == 400
+    assert wrong.json()["error"].startswith("additional_target: embed_tokens is not this model's")
+    groups = client.get("/api/form").json()
+    assert "additional_target" in json.dumps(groups)

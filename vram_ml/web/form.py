@@ -16,7 +16,7 @@ from vram_ml.spec import Spec
 GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("model", "model_overrides"),
     "method": ("method", "quant_bits", "quant_type", "double_quant", "freeze_trainable_layers"),
-    "LoRA": ("lora_rank", "lora_target", "lora_dropout", "lora_alpha"),
+    "LoRA": ("lora_rank", "lora_target", "additional_target", "lora_dropout", "lora_alpha"),
     "batch": ("batch_size", "seq_len", "gradient_accumulation"),
     "precision and kernels": (
         "precision", "gradient_checkpointing", "attention", "optimizer", "liger_kernel",
