@@ -26,12 +26,16 @@ import yaml
 from vram_ml.agent.space_file import validate_space
 from vram_ml.defaults import STAGE_FIELDS
 from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
+from vram_ml.model.recipe_support import recipe_refusal
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 from vram_ml.stages import stage_fields_that_apply, stage_refusal
 
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "qkv_proj", "Wqkv")
-LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target")
+LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target", "additional_target")
+# `additional_target` knob values: none, or the model's input embeddings and output head
+# (modules_to_save copies, by the module names this model uses)
+ADDITIONAL_TARGETS = ("none", "embeddings")
 QUANT_FIELDS = ("quant_bits", "quant_type", "double_quant")
 VISION_FIELDS = ("images_per_sample", "image_resolution", "freeze_vision_tower",
                  "freeze_multi_modal_projector")
@@ -151,9 +155,14 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
     if fields.get("method") not in ("lora", "qlora"):
         for name in LORA_FIELDS:
             fields.pop(name, None)
-    elif fields.get("lora_target") == "attention":
-        names = [n for n in shape.linear_names if n in ATTENTION_NAMES]
-        fields["lora_target"] = names or ["all"]
+    else:
+        if fields.get("lora_target") == "attention":
+            names = [n for n in shape.linear_names if n in ATTENTION_NAMES]
+            fields["lora_target"] = names or ["all"]
+        if fields.get("additional_target") == "embeddings":
+            fields["additional_target"] = [shape.embedding_module, shape.head_module]
+        elif fields.get("additional_target") == "none":
+            fields["additional_target"] = []
     if fields.get("method") != "qlora":
         for name in QUANT_FIELDS:
             fields.pop(name, None)
@@ -177,8 +186,8 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         spec = build_spec(model=model, model_overrides=overrides, **fields)
     except (SpecError, ModelSourceError):
         return None
-    if stage_refusal(spec):
-        return None  # a stage step the recipe cannot run (LLaMA-Factory would fail too)
+    if stage_refusal(spec) or recipe_refusal(spec):
+        return None  # a step the recipe cannot run (a stage LLaMA-Factory would fail on too)
     if spec.images_per_sample * image_tokens(spec) > spec.seq_len:
         return None  # the images alone would not fit in seq_len (the recipe refuses it)
     if grouped_mm_dtype_problem(spec, spec.resolved_model.shape):
@@ -215,6 +224,7 @@ def features(spec: Spec) -> tuple[str, ...]:
                  "freeze_multi_modal_projector"):
         values[name] = getattr(spec, name)
     values["lora_target"] = "all" if spec.lora_target == ("all",) else "subset"
+    values["additional_target"] = "embeddings" if spec.additional_target else "none"
     values["stage"] = spec.stage if spec.stage != "dpo" else f"dpo/{spec.pref_loss}"
     values["stage x method"] = f"{spec.stage}/{spec.method}"
     values["method x precision"] = f"{spec.method}/{spec.precision}"

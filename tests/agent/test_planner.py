@@ -65,8 +65,9 @@ def test_every_knob_is_a_spec_field_with_valid_values():
             if name in ("images_per_sample", "image_resolution", "freeze_vision_tower",
                         "freeze_multi_modal_projector"):
                 fields["model"] = "Qwen/Qwen2-VL-2B-Instruct"
-            if name == "lora_target" and raw == "attention":
-                continue  # a planner alias, resolved per model
+            if (name, raw) in (("lora_target", "attention"), ("additional_target", "none"),
+                               ("additional_target", "embeddings")):
+                continue  # planner aliases, resolved per model (test below)
             if name == "pref_loss":
                 fields["stage"] = "dpo"
             if name in ("reward_model_type", "max_new_tokens") or raw == "ppo":
@@ -74,6 +75,21 @@ def test_every_knob_is_a_spec_field_with_valid_values():
             spec = build_spec(**fields)
             expected = (raw,) if name == "lora_target" else raw
             assert getattr(spec, name) == expected, (name, raw)
+
+
+def test_additional_target_knob_names_each_models_own_modules():
+    """`embeddings`: the model's input embeddings and output head (Qwen's wte, GPT-NeoX 5.x's
+    embed_in / lm_head); dropped outside LoRA; LLaMA-Factory no_amp (which the recipe refuses)
+    is never planned."""
+    drawn = {"method": "lora", "additional_target": "embeddings", "precision": "bf16"}
+    assert make_spec("EleutherAI/pythia-1b", {}, drawn).additional_target == ("embed_in",
+                                                                               "lm_head")
+    assert make_spec("Qwen/Qwen2.5-0.5B", {}, {**drawn, "additional_target": "none"}
+                     ).additional_target == ()
+    assert make_spec("Qwen/Qwen2.5-0.5B", {}, {**drawn, "method": "full"}).additional_target == ()
+    assert make_spec("Qwen/Qwen2.5-0.5B", {}, {**drawn, "precision": "no_amp"}) is None
+    spec = make_spec("Qwen/Qwen2.5-0.5B", {}, drawn)
+    assert "additional_target=embeddings" in features(spec)
 
 
 def test_knobs_that_do_not_apply_are_reset():
