@@ -28,6 +28,8 @@ def echo_spec(spec_input: SpecInput) -> None:
         f"{resolved.family}) · {spec.method}"
         + (f" {spec.quant_bits}-bit" if spec.quant_bits else "")
         + (f" r={spec.lora_rank}" if spec.method in ("lora", "qlora") else "")
+        + (f" + {','.join(spec.additional_target)} trained (modules_to_save)"
+           if spec.additional_target else "")
         + f" · batch {spec.batch_size} x seq {spec.seq_len} · {spec.precision}"
         + (" · checkpointing" if spec.gradient_checkpointing else "")
         + f" · {spec.attention} · {spec.optimizer}"
