@@ -77,6 +77,15 @@ def test_modules_to_save_copies_are_what_peft_builds(model, targets, framework):
     assert trainable + frozen == sum(p.numel() for p in built.parameters())
 
 
+@pytest.mark.parametrize("model", [TINY_LLAVA, TINY_QWEN2_VL], ids=["llava", "qwen2vl"])
+def test_modules_to_save_copies_in_a_vlm_are_the_language_models(model):
+    """A VLM's embed_tokens sits in its language model (`model.language_model.embed_tokens`):
+    peft finds it by the name's end, as the count expects."""
+    spec = tiny_spec(model, additional_target="embed_tokens,lm_head")
+    assert built_trainable(spec) == trainable_parameters(spec).total
+    assert trainable_parameters(spec).saved == 2 * spec.shape.input_embedding_params
+
+
 def test_the_issue_case_lora_q_v_on_an_unfrozen_clip_tower():
     """LLaMA-Factory's LoRA reaches the tower's q_proj / v_proj when it is not frozen."""
     frozen = tiny_spec(TINY_LLAVA, lora_target="q_proj,v_proj")
