@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vram_ml.model.formulas.experts import lora_expert_ranks
 from vram_ml.stages import stage_refusal
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ def recipe_refusal(spec: Spec) -> str:
         return ("additional_target: without bf16/fp16 LLaMA-Factory's fp32 copies meet "
                 "half-precision tensors (a dtype error in the step); set bf16 or fp16")
     shape = spec.resolved_model.shape
+    if spec.lora_dropout and lora_expert_ranks(spec, spec.shape):
+        # peft >= 0.19 moves gate/up/down targets onto fused experts as lora.ParamWrapper,
+        # whose __init__ raises on dropout (peft 0.21 tuners/lora/layer.py:2366)
+        return ("lora_dropout: peft's LoRA on fused experts (ParamWrapper) does not work with "
+                "lora_dropout != 0; set 0 or leave gate/up/down_proj out of lora_target")
     if shape.is_multimodal and shape.model_type not in SUPPORTED_VLMS:
         return (f"model: vision-language family {shape.model_type!r} is not in the recipe "
                 f"(supported: {', '.join(SUPPORTED_VLMS)})")

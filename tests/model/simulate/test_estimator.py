@@ -51,6 +51,9 @@ def test_registry_builds_the_estimator():
     (dict(num_gpus=2), "ddp is not simulated"),
     # the real CPU step of this recipe fails in a matmul mixing the fp32 copy and bf16 tensors
     (dict(additional_target="lm_head", precision="no_amp"), "additional_target: without bf16"),
+    # peft >= 0.19 wraps the fused experts in lora.ParamWrapper, which raises on dropout
+    (dict(model="deepseek-ai/DeepSeek-V2-Lite", peft_version="0.20.0", lora_dropout=0.1,
+          model_overrides={"num_hidden_layers": 2}), "lora_dropout: peft's LoRA on fused"),
 ])
 def test_refusals_are_one_line(fields, message):
     with pytest.raises(ValueError, match=message) as error:
