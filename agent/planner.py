@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from vram_ml.agent.space_file import validate_space
+from vram_ml.agent.space_file import resolve_knob_aliases, validate_space
 from vram_ml.defaults import STAGE_FIELDS
 from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
 from vram_ml.model.recipe_support import recipe_refusal
@@ -31,11 +31,7 @@ from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
 from vram_ml.stages import stage_fields_that_apply, stage_refusal
 
-ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "qkv_proj", "Wqkv")
 LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target", "additional_target")
-# `additional_target` knob values: none, or the model's input embeddings and output head
-# (modules_to_save copies, by the module names this model uses)
-ADDITIONAL_TARGETS = ("none", "embeddings")
 QUANT_FIELDS = ("quant_bits", "quant_type", "double_quant")
 VISION_FIELDS = ("images_per_sample", "image_resolution", "freeze_vision_tower",
                  "freeze_multi_modal_projector")
@@ -156,13 +152,7 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         for name in LORA_FIELDS:
             fields.pop(name, None)
     else:
-        if fields.get("lora_target") == "attention":
-            names = [n for n in shape.linear_names if n in ATTENTION_NAMES]
-            fields["lora_target"] = names or ["all"]
-        if fields.get("additional_target") == "embeddings":
-            fields["additional_target"] = [shape.embedding_module, shape.head_module]
-        elif fields.get("additional_target") == "none":
-            fields["additional_target"] = []
+        fields = resolve_knob_aliases(fields, shape)
     if fields.get("method") != "qlora":
         for name in QUANT_FIELDS:
             fields.pop(name, None)

@@ -84,3 +84,21 @@ def validate_space(raw: Any) -> dict[str, Any]:
         if not values:
             raise ValueError(f"knobs.{name}: needs at least one value")
     return space.model_dump(exclude_none=True)
+
+
+# Knob values that name what a model calls it: `lora_target: attention` (its q/k/v projection
+# names), `additional_target: embeddings` (modules_to_save copies of its own embeddings and head)
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "query_key_value", "c_attn", "qkv_proj", "Wqkv")
+
+
+def resolve_knob_aliases(fields: dict[str, Any], shape: Any) -> dict[str, Any]:
+    """The LoRA knobs drawn as aliases, in this model's own module names."""
+    fields = dict(fields)
+    if fields.get("lora_target") == "attention":
+        names = [n for n in shape.linear_names if n in ATTENTION_NAMES]
+        fields["lora_target"] = names or ["all"]
+    aliases = {"embeddings": [shape.embedding_module, shape.head_module], "none": []}
+    drawn = fields.get("additional_target")
+    if isinstance(drawn, str) and drawn in aliases:
+        fields["additional_target"] = aliases[drawn]
+    return fields
