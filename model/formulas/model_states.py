@@ -88,11 +88,11 @@ class Dtypes:
         if not spec.additional_target or spec.method not in ("lora", "qlora"):
             return dt
         full = cls._of(spec.model_copy(update={"method": "full", "quant_bits": None}))
-        # an fp32 embedding copy turns the residual stream fp32, as in full fine-tuning
         saved, rules = full.trainable, StackRules.of(spec)
         if spec.method == "qlora" and not rules.llamafactory and saved == dt.frozen:
             # copied after peft's kbit prepare upcast the originals (TRL casts them back)
             saved = rules.frozen_bytes("embedding", dt.frozen)
+        # an fp32 embedding copy turns the residual stream fp32, as in full fine-tuning
         embedding = spec.shape.embedding_module in spec.additional_target
         hidden = max(dt.hidden, saved) if embedding else dt.hidden
         return dataclasses.replace(dt, saved=saved, hidden=hidden)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 # The input embeddings' and output head's module names where they are not transformers' usual
 # embed_tokens / lm_head (peft matches `modules_to_save` by the end of a module's name; the
 # remote-code ones after modeling_qwen.py / modeling_chatglm.py, the rest as transformers builds
-# them: tests/architectures check every catalog model's against get_input/output_embeddings).
+# them: tests/vram_ml/test_architectures.py checks every catalog model's against
+# get_input_embeddings / get_output_embeddings).
 EMBEDDING_MODULES = {"qwen": "wte", "gpt_bigcode": "wte", "gpt_neox": "embed_in",
                      "bloom": "word_embeddings", "falcon": "word_embeddings",
                      "chatglm": "word_embeddings"}
