@@ -56,9 +56,11 @@ def fms_acceleration(row: dict[str, Any], run: dict[str, Any]) -> SpecRequest:
             request.set("precision", "pure_bf16",
                         "torch_dtype bfloat16 with no fp32 copy (HF Trainer, accelerate "
                         "mixed_precision 'no'): weights, gradients and AdamW states in bf16")
-        else:
-            request.block("pure fp16 training (float16 weights and optimizer states, no AMP): "
-                          "not in the Spec")
+        else:  # the Spec's no_amp: half-precision weights as loaded, nothing upcast (TRL)
+            request.set("precision", "no_amp",
+                        f"torch_dtype {dtype} with no AMP flag (HF Trainer, accelerate "
+                        "mixed_precision 'no'): weights, gradients and AdamW states in fp16, "
+                        "what no_amp trains under the HF Trainer / TRL")
     elif method in ("lora", "qlora"):
         request.set("method", method)
         precision = "bf16" if bf16 else ("fp16" if fp16 else "no_amp")

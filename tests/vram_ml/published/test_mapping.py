@@ -171,10 +171,23 @@ def test_a_qwen_row_maps_to_another_catalog_model_through_the_readme_reader():
 @pytest.mark.parametrize("reason", [
     "GPTQ 4-bit base through the AutoGPTQ plugin: not in the Spec",
     "fms fused-ops-and-kernels plugin",
-    "pure fp16 training",
 ])
 def test_fms_rows_the_spec_cannot_describe(reason):
     assert remapped(first("fms-acceleration", "unmapped", reason))["mapping"] == "unmapped"
+
+
+def test_fms_pure_fp16_full_rows_are_no_amp_under_the_hf_trainer():
+    """torch_dtype float16 without an AMP flag trains the loaded fp16 weights as they are: what
+    the Spec's no_amp means outside LLaMA-Factory (fp16 and bf16 are both 2 bytes)."""
+    rows = [r for r in ROWS if r["source"] == "fms-acceleration" and r["mapping"] == "mapped"
+            and '"torch_dtype": "float16"' in r["run"]
+            and json.loads(r["spec"])["method"] == "full"]
+    assert rows
+    for row in rows:
+        spec = json.loads(row["spec"])
+        assert (spec["precision"], spec["framework"]) == ("no_amp", "trl")
+        assert any(note.startswith('precision="no_amp": torch_dtype float16 with no AMP flag')
+                   for note in json.loads(row["assumptions"]))
 
 
 def test_a_sum_over_gpus_is_not_a_per_gpu_value():
