@@ -29,7 +29,7 @@ from vram_ml.model.formulas.experts import grouped_mm_dtype_problem
 from vram_ml.model.recipe_support import recipe_refusal
 from vram_ml.model_source import ModelSourceError
 from vram_ml.spec import Spec, SpecError, build_spec
-from vram_ml.stages import stage_fields_that_apply, stage_refusal
+from vram_ml.stages import stage_fields_that_apply
 
 LORA_FIELDS = ("lora_rank", "lora_dropout", "lora_target", "additional_target")
 QUANT_FIELDS = ("quant_bits", "quant_type", "double_quant")
@@ -176,7 +176,7 @@ def make_spec(model: str, overrides: dict, fields: dict[str, Any]) -> Spec | Non
         spec = build_spec(model=model, model_overrides=overrides, **fields)
     except (SpecError, ModelSourceError):
         return None
-    if stage_refusal(spec) or recipe_refusal(spec):
+    if recipe_refusal(spec):  # stage_refusal among them
         return None  # a step the recipe cannot run (a stage LLaMA-Factory would fail on too)
     if spec.images_per_sample * image_tokens(spec) > spec.seq_len:
         return None  # the images alone would not fit in seq_len (the recipe refuses it)

@@ -165,11 +165,9 @@ def saved_module_tensors(spec: Spec, shape: ModelShape) -> Tensors:
     if shape.embedding_module in spec.additional_target:
         tensors.append((rows, shape.hidden_size, 1))
     if shape.head_module in spec.additional_target:
-        weight = rows * shape.hidden_size if shape.tie_word_embeddings else (
-            shape.lm_head_params // shape.hidden_size * shape.hidden_size)
-        tensors.append((weight // shape.hidden_size, shape.hidden_size, 1))
-        if shape.head_module_params > weight:  # a head bias (Phi)
-            tensors.append((shape.head_module_params - weight, 0, 1))
+        head_rows = rows if shape.tie_word_embeddings else shape.vocab_size
+        bias = shape.head_module_params - head_rows * shape.hidden_size  # Phi's head bias
+        tensors += [(head_rows, shape.hidden_size, 1)] + ([(bias, 0, 1)] if bias else [])
     return tensors
 
 
